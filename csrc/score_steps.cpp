@@ -1,0 +1,284 @@
+#include "score_steps.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace fastprm {
+namespace {
+
+// Below this much work a parallel region costs more than it saves.
+constexpr int64_t kMinParallelElements = 1 << 15;
+
+size_t element_size(DType dt) {
+  switch (dt) {
+    case DType::f64:
+      return 8;
+    case DType::f32:
+      return 4;
+    default:
+      return 2;
+  }
+}
+
+bool is_separator(int64_t id, const int64_t* sep_ids, int64_t n_sep) {
+  for (int64_t s = 0; s < n_sep; ++s)
+    if (id == sep_ids[s]) return true;
+  return false;
+}
+
+// Element [h0, h0 + len) of row r, made contiguous in `scratch` when the row is strided.
+const void* row_slice(const Rows& rows, int64_t r, int64_t h0, int64_t len, std::vector<char>& scratch) {
+  const size_t es = element_size(rows.dtype);
+  const char* base = static_cast<const char*>(rows.data) + (r * rows.stride_n + h0 * rows.stride_h) * es;
+  if (rows.stride_h == 1) return base;
+  scratch.resize(len * es);
+  for (int64_t h = 0; h < len; ++h) std::memcpy(scratch.data() + h * es, base + h * rows.stride_h * es, es);
+  return scratch.data();
+}
+
+// fp64 rows take plain loops: they exist for gradcheck, not for speed.
+struct F64Ops {
+  static void dot(const void* xv, const double* w, int C, int64_t H, double* out) {
+    const double* x = static_cast<const double*>(xv);
+    for (int c = 0; c < C; ++c) {
+      double acc = 0;
+      for (int64_t h = 0; h < H; ++h) acc += x[h] * w[c * H + h];
+      out[c] = acc;
+    }
+  }
+  static void combine_store(void* yv, const double* w, int C, const double* g, int64_t H) {
+    double* y = static_cast<double*>(yv);
+    for (int64_t h = 0; h < H; ++h) y[h] = g[0] * w[h] + (C == 2 ? g[1] * w[H + h] : 0.0);
+  }
+  static void accumulate(double* acc, int64_t ld, const void* xv, int C, const double* g, int64_t len) {
+    const double* x = static_cast<const double*>(xv);
+    for (int c = 0; c < C; ++c)
+      for (int64_t h = 0; h < len; ++h) acc[c * ld + h] += g[c] * x[h];
+  }
+};
+
+// One interface over both accumulator types so the kernels below are written once.
+template <class Acc>
+struct Ops;
+
+template <>
+struct Ops<float> {
+  RowOps ops;
+  Ops(Isa isa, DType dt) : ops(row_ops(isa, dt)) {}
+  void dot(const void* x, const float* w, int C, int64_t H, float* out) const { ops.dot(x, w, C, H, out); }
+  void combine_store(void* y, const float* w, int C, const float* g, int64_t H) const {
+    ops.combine_store(y, w, C, g, H);
+  }
+  void accumulate(float* acc, int64_t ld, const void* x, int C, const float* g, int64_t len) const {
+    ops.accumulate(acc, ld, x, C, g, len);
+  }
+};
+
+template <>
+struct Ops<double> : F64Ops {
+  Ops(Isa, DType) {}
+};
+
+// Probability of the positive class and its log, from the head logits of one step (stable for any logit).
+template <class Acc>
+void step_probability(const Acc* logits, int C, int positive_class, Acc* prob, Acc* log_prob) {
+  Acc z;
+  if (C == 1)
+    z = positive_class == 1 ? logits[0] : -logits[0];
+  else
+    z = logits[positive_class] - logits[1 - positive_class];
+  if (z >= 0) {
+    const Acc e = std::exp(-z);
+    *prob = 1 / (1 + e);
+    *log_prob = -std::log1p(e);
+  } else {
+    const Acc e = std::exp(z);  // also reached by NaN, which propagates
+    *prob = e / (1 + e);
+    *log_prob = z - std::log1p(e);
+  }
+}
+
+}  // namespace
+
+std::string count_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
+                        int64_t* counts) {
+  const int64_t B = cu_seqlens.size - 1;
+  const int64_t N = input_ids.size;
+  if (B < 0) return "cu_seqlens must have at least one element (it is [B + 1])";
+  if (cu_seqlens[0] != 0) return "cu_seqlens must start at 0, got " + std::to_string(cu_seqlens[0]);
+  for (int64_t b = 0; b < B; ++b) {
+    if (cu_seqlens[b + 1] < cu_seqlens[b])
+      return "cu_seqlens must be non-decreasing, but cu_seqlens[" + std::to_string(b + 1) +
+             "] = " + std::to_string(cu_seqlens[b + 1]) + " < cu_seqlens[" + std::to_string(b) +
+             "] = " + std::to_string(cu_seqlens[b]);
+  }
+  if (cu_seqlens[B] != N)
+    return "cu_seqlens must end at the number of rows N = " + std::to_string(N) + ", got " +
+           std::to_string(cu_seqlens[B]);
+#pragma omp parallel for schedule(static) if (N > kMinParallelElements)
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t n = 0;
+    for (int64_t i = cu_seqlens[b]; i < cu_seqlens[b + 1]; ++i) n += is_separator(input_ids[i], sep_ids, n_sep);
+    counts[b] = n;
+  }
+  return "";
+}
+
+void fill_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
+                const int64_t* cu_steps, int64_t* step_index) {
+  const int64_t B = cu_seqlens.size - 1;
+#pragma omp parallel for schedule(static) if (input_ids.size > kMinParallelElements)
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t k = cu_steps[b];
+    for (int64_t i = cu_seqlens[b]; i < cu_seqlens[b + 1]; ++i)
+      if (is_separator(input_ids[i], sep_ids, n_sep)) step_index[k++] = i;
+  }
+}
+
+std::string validate_steps(const int64_t* step_index, int64_t K, const int64_t* cu_steps, int64_t B, int64_t N) {
+  if (cu_steps[0] != 0) return "cu_steps must start at 0, got " + std::to_string(cu_steps[0]);
+  for (int64_t b = 0; b < B; ++b) {
+    if (cu_steps[b + 1] < cu_steps[b])
+      return "cu_steps must be non-decreasing, but cu_steps[" + std::to_string(b + 1) +
+             "] = " + std::to_string(cu_steps[b + 1]) + " < cu_steps[" + std::to_string(b) +
+             "] = " + std::to_string(cu_steps[b]);
+  }
+  if (cu_steps[B] != K)
+    return "cu_steps must end at len(step_index) = " + std::to_string(K) + ", got " + std::to_string(cu_steps[B]);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t k = cu_steps[b]; k < cu_steps[b + 1]; ++k) {
+      const int64_t r = step_index[k];
+      if (r < 0 || r >= N)
+        return "step_index[" + std::to_string(k) + "] = " + std::to_string(r) + " is out of range for hidden with " +
+               std::to_string(N) + " rows";
+      if (k > cu_steps[b] && r <= step_index[k - 1])
+        return "step_index must be strictly ascending within each sequence, but sequence " + std::to_string(b) +
+               " has step_index[" + std::to_string(k) + "] = " + std::to_string(r) + " after " +
+               std::to_string(step_index[k - 1]);
+    }
+  }
+  return "";
+}
+
+template <class Acc>
+void score_forward(const Rows& hidden, const Acc* weight, const Acc* bias, int C, const int64_t* step_index,
+                   int64_t K, const int64_t* cu_steps, int64_t B, int positive_class, double threshold, Isa isa,
+                   const ForwardOut<Acc>& out) {
+  const Ops<Acc> ops(isa, hidden.dtype);
+  const int64_t H = hidden.h;
+  const Acc nan = std::numeric_limits<Acc>::quiet_NaN();
+  const Acc thr = static_cast<Acc>(threshold);
+#pragma omp parallel if (K * H > kMinParallelElements)
+  {
+    std::vector<char> scratch;
+#pragma omp for schedule(static)
+    for (int64_t k = 0; k < K; ++k) {
+      Acc* lg = out.logits + k * C;
+      ops.dot(row_slice(hidden, step_index[k], 0, H, scratch), weight, C, H, lg);
+      if (bias)
+        for (int c = 0; c < C; ++c) lg[c] += bias[c];
+      Acc log_prob;
+      step_probability(lg, C, positive_class, &out.probs[k], &log_prob);
+    }
+    // Each sequence is reduced by one thread in step order, so its results never depend on the batch.
+#pragma omp for schedule(dynamic, 16)
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t s = cu_steps[b], e = cu_steps[b + 1];
+      if (s == e) {
+        out.min[b] = out.log_prod[b] = out.mean[b] = out.last[b] = nan;
+        out.first_error[b] = out.argmin[b] = -1;
+        continue;
+      }
+      int64_t arg = s, first_error = -1;
+      double sum_log = 0, sum_prob = 0;
+      for (int64_t k = s; k < e; ++k) {
+        Acc p, log_p;
+        step_probability(out.logits + k * C, C, positive_class, &p, &log_p);
+        const Acc best = out.probs[arg];
+        // The first NaN step wins the min; otherwise the first of tied minima.
+        if (!std::isnan(best) && (std::isnan(p) || p < best)) arg = k;
+        sum_log += log_p;
+        sum_prob += p;
+        if (first_error < 0 && p < thr) first_error = k - s;
+      }
+      out.argmin[b] = arg;
+      out.min[b] = out.probs[arg];
+      out.log_prod[b] = static_cast<Acc>(sum_log);
+      out.mean[b] = static_cast<Acc>(sum_prob / static_cast<double>(e - s));
+      out.last[b] = out.probs[e - 1];
+      out.first_error[b] = first_error;
+    }
+  }
+}
+
+template <class Acc>
+void score_backward(const Rows& hidden, const Acc* weight, int C, const Acc* grad_logits, const int64_t* step_index,
+                    int64_t K, Isa isa, void* grad_hidden, Acc* grad_weight, Acc* grad_bias) {
+  const Ops<Acc> ops(isa, hidden.dtype);
+  const int64_t H = hidden.h;
+  const size_t row_bytes = H * element_size(hidden.dtype);
+
+  // Rows hit by several steps (possible in given mode across sequences) get the sum of their step gradients,
+  // added in step order: group equal rows with a stable sort instead of racing on the output.
+  std::vector<int64_t> order(K);
+  std::iota(order.begin(), order.end(), 0);
+  bool strictly_ascending = true;
+  for (int64_t k = 1; k < K && strictly_ascending; ++k) strictly_ascending = step_index[k] > step_index[k - 1];
+  if (!strictly_ascending)
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return step_index[a] < step_index[b]; });
+  std::vector<int64_t> group_start;
+  for (int64_t i = 0; i < K; ++i)
+    if (i == 0 || step_index[order[i]] != step_index[order[i - 1]]) group_start.push_back(i);
+  group_start.push_back(K);
+  const int64_t G = static_cast<int64_t>(group_start.size()) - 1;
+
+  // Weight gradient: each thread owns a slice of columns and walks all steps in order (no atomics).
+  constexpr int64_t kSlice = 256;
+  const int64_t n_slices = (H + kSlice - 1) / kSlice;
+  std::fill(grad_weight, grad_weight + C * H, Acc(0));
+  const bool parallel = K * H > kMinParallelElements;
+
+#pragma omp parallel if (parallel)
+  {
+    std::vector<char> scratch;
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < G; ++g) {
+      Acc grad[2] = {0, 0};
+      for (int64_t i = group_start[g]; i < group_start[g + 1]; ++i)
+        for (int c = 0; c < C; ++c) grad[c] += grad_logits[order[i] * C + c];
+      const int64_t r = step_index[order[group_start[g]]];
+      ops.combine_store(static_cast<char*>(grad_hidden) + r * row_bytes, weight, C, grad, H);
+    }
+#pragma omp for schedule(static)
+    for (int64_t sl = 0; sl < n_slices; ++sl) {
+      const int64_t h0 = sl * kSlice, len = std::min(kSlice, H - h0);
+      for (int64_t k = 0; k < K; ++k)
+        ops.accumulate(grad_weight + h0, H, row_slice(hidden, step_index[k], h0, len, scratch), C,
+                       grad_logits + k * C, len);
+    }
+  }
+  for (int c = 0; c < C; ++c) {
+    Acc s = 0;
+    for (int64_t k = 0; k < K; ++k) s += grad_logits[k * C + c];
+    grad_bias[c] = s;
+  }
+}
+
+template void score_forward<float>(const Rows&, const float*, const float*, int, const int64_t*, int64_t,
+                                   const int64_t*, int64_t, int, double, Isa, const ForwardOut<float>&);
+template void score_forward<double>(const Rows&, const double*, const double*, int, const int64_t*, int64_t,
+                                    const int64_t*, int64_t, int, double, Isa, const ForwardOut<double>&);
+template void score_backward<float>(const Rows&, const float*, int, const float*, const int64_t*, int64_t, Isa,
+                                    void*, float*, float*);
+template void score_backward<double>(const Rows&, const double*, int, const double*, const int64_t*, int64_t, Isa,
+                                     void*, double*, double*);
+
+}  // namespace fastprm

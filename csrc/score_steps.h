@@ -1,0 +1,61 @@
+// The fused step-scoring kernels on CPU: find separator rows, then score, reduce and back-propagate through
+// the step rows only. Pure C++ over raw pointers (no libtorch): the Python layer owns every buffer.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "row_ops.h"
+
+namespace fastprm {
+
+// A [n, h] matrix of hidden states with element strides (any layout).
+struct Rows {
+  const void* data;
+  int64_t n, h, stride_n, stride_h;
+  DType dtype;
+};
+
+// Ids and offsets may be int32 or int64.
+struct IntArray {
+  const void* data;
+  int64_t size;
+  bool is64;
+  int64_t operator[](int64_t i) const {
+    return is64 ? static_cast<const int64_t*>(data)[i] : static_cast<const int32_t*>(data)[i];
+  }
+};
+
+// Checks cu_seqlens against N, then counts separator rows per sequence into counts[B].
+// Returns an error message naming the bad argument, or "" on success.
+std::string count_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
+                        int64_t* counts);
+
+// Writes the flat row index of every separator row; cu_steps is the exclusive prefix sum of count_steps.
+void fill_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
+                const int64_t* cu_steps, int64_t* step_index);
+
+// Checks that cu_steps starts at 0, never decreases and ends at K, and that step_index lies in [0, N) and is
+// strictly ascending within each sequence. Returns an error message or "".
+std::string validate_steps(const int64_t* step_index, int64_t K, const int64_t* cu_steps, int64_t B, int64_t N);
+
+// Per-step outputs [K] / [K, C] and per-sequence reductions [B]. Acc is float (fp32 / bf16 / fp16 rows) or
+// double (fp64 rows, used for gradcheck).
+template <class Acc>
+struct ForwardOut {
+  Acc *logits, *probs, *min, *log_prod, *mean, *last;
+  int64_t *first_error, *argmin;
+};
+
+template <class Acc>
+void score_forward(const Rows& hidden, const Acc* weight, const Acc* bias, int C, const int64_t* step_index,
+                   int64_t K, const int64_t* cu_steps, int64_t B, int positive_class, double threshold, Isa isa,
+                   const ForwardOut<Acc>& out);
+
+// Given d loss / d step logits [K, C], writes d hidden (rows in step_index; the caller zeroes the rest,
+// contiguous, hidden's dtype), d weight [C, H] and d bias [C]. Deterministic: no float atomics, fixed order.
+template <class Acc>
+void score_backward(const Rows& hidden, const Acc* weight, int C, const Acc* grad_logits, const int64_t* step_index,
+                    int64_t K, Isa isa, void* grad_hidden, Acc* grad_weight, Acc* grad_bias);
+
+}  // namespace fastprm
