@@ -12,7 +12,7 @@ STAMP   := .venv/.fastprm-installed
 	$(PIP) install -q --upgrade pip
 
 $(STAMP): .venv/bin/python pyproject.toml CMakeLists.txt $(wildcard csrc/*) $(shell find python kernels -name '*.py')
-	$(PIP) install -q $(TORCH) scikit-build-core pybind11 ninja
+	$(PIP) install -q $(TORCH) scikit-build-core pybind11 ninja cmake
 	$(PIP) install -q --no-build-isolation ".[dev]"
 	touch $(STAMP)
 

@@ -1,0 +1,20 @@
+import os
+
+# Kernel outputs allocated with torch.empty are NaN-filled so that an element a kernel forgets is caught.
+os.environ.setdefault("FASTPRM_NAN_FILL_OUTPUTS", "1")
+
+import pytest  # noqa: E402
+
+from fastprm import _native  # noqa: E402
+
+
+@pytest.fixture(params=_native.available_isas() or ["reference"])
+def cpu_isa(request):
+    """Runs a test once per CPU code path this machine supports (the reference when no extension)."""
+    if _native.native is None:
+        yield "reference"
+        return
+    before = _native.native.selected_isa()
+    _native.native.set_isa(request.param)
+    yield request.param
+    _native.native.set_isa(before)

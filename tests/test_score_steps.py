@@ -1,0 +1,260 @@
+"""The fused op (C++ CPU path, every ISA this CPU runs) against the pure-PyTorch reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from batches import SEP, edge_case_rows, packed_ids, random_rows
+from fastprm.ops import find_steps, score_steps, score_steps_reference
+from fastprm.ops.score_steps.naive import find_steps_reference
+
+OUTPUTS = ("step_logits", "step_probs", "min", "prod", "log_prod", "mean", "last")
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 1e-4, torch.float16: 1e-4}
+
+
+def make_inputs(rows, H=48, C=2, dtype=torch.float32, bias=True, seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    input_ids, cu = packed_ids(rows)
+    hidden = (torch.randn(input_ids.shape[0], H, generator=gen) * scale).to(dtype)
+    weight = (torch.randn(C, H, generator=gen) / math.sqrt(H)).to(dtype)
+    b = torch.randn(C, generator=gen).to(dtype) if bias else None
+    return hidden, weight, b, input_ids, cu
+
+
+def loss_of(scores, seed=1):
+    """A weighted sum over every differentiable output, NaN-safe for sequences without steps."""
+    gen = torch.Generator().manual_seed(seed)
+    total = 0
+    for name in OUTPUTS:
+        t = getattr(scores, name)
+        w = torch.randn(t.shape, generator=gen, dtype=t.dtype)
+        total = total + torch.where(torch.isnan(t.detach()), 0, t * w).sum()
+    return total
+
+
+def run_both(hidden, weight, bias, input_ids, cu, grads=True, **kw):
+    leaves = [t.detach().clone().requires_grad_(grads) if t is not None else None for t in (hidden, weight, bias)]
+    ref_leaves = [t.detach().clone().requires_grad_(grads) if t is not None else None for t in (hidden, weight, bias)]
+    out = score_steps(*leaves, input_ids=input_ids, cu_seqlens=cu, sep_token_ids=kw.pop("seps", SEP), **kw)
+    step_index, cu_steps = out.step_index, out.cu_steps
+    ref = score_steps_reference(*ref_leaves, step_index, cu_steps, **kw)
+    if grads:
+        loss_of(out).backward()
+        loss_of(ref).backward()
+    return out, ref, leaves, ref_leaves
+
+
+def assert_scores_close(out, ref, tol):
+    torch.testing.assert_close(out.step_index, ref.step_index)
+    torch.testing.assert_close(out.num_steps, ref.num_steps)
+    torch.testing.assert_close(out.first_error, ref.first_error)
+    for name in OUTPUTS:
+        a, b = getattr(out, name).detach(), getattr(ref, name).detach()
+        assert a.dtype == b.dtype, name
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol, equal_nan=True, msg=name)
+
+
+def assert_grads_close(leaves, ref_leaves, tol):
+    for name, a, b in zip(("hidden", "weight", "bias"), leaves, ref_leaves):
+        if a is None:
+            continue
+        torch.testing.assert_close(a.grad.float(), b.grad.float(), atol=tol, rtol=tol, msg=f"grad {name}")
+
+
+@pytest.mark.parametrize("C", [1, 2])
+@pytest.mark.parametrize("positive_class", [0, 1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_edge_cases_fp32_forward_backward(cpu_isa, C, positive_class, bias):
+    inputs = make_inputs(edge_case_rows(), C=C, bias=bias)
+    out, ref, leaves, ref_leaves = run_both(*inputs, positive_class=positive_class)
+    assert out.num_steps.tolist() == [0, 0, 2, 1, 0, 4, 2, 0]
+    assert_scores_close(out, ref, 1e-5)
+    assert_grads_close(leaves, ref_leaves, 1e-5)
+    empty = out.num_steps == 0
+    assert torch.isnan(out.min[empty]).all() and torch.isnan(out.prod[empty]).all()
+    assert (out.first_error[empty] == -1).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("H", [1, 7, 48, 133])
+def test_random_batches_every_dtype(cpu_isa, dtype, H):
+    gen = torch.Generator().manual_seed(H)
+    rows = random_rows(gen, batch=12, max_len=30)
+    out, ref, leaves, ref_leaves = run_both(*make_inputs(rows, H=H, dtype=dtype, seed=H))
+    assert_scores_close(out, ref, TOL[dtype])
+    # The reference rounds its d hidden to the 16-bit dtype the same way, from a differently ordered sum.
+    assert_grads_close(leaves, ref_leaves, 1e-5 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("cu_dtype", [torch.int32, torch.int64])
+def test_find_steps_id_dtypes_and_several_separators(cpu_isa, id_dtype, cu_dtype):
+    rows = [[1, 2, 9, 3, 7], [], [9, 9], [7, 1, 1]]
+    input_ids, cu = packed_ids(rows)
+    step_index, cu_steps = find_steps(input_ids.to(id_dtype), cu.to(cu_dtype), [7, 9])
+    assert step_index.tolist() == [2, 4, 5, 6, 7]
+    assert cu_steps.tolist() == [0, 2, 2, 4, 5]
+    assert step_index.dtype == cu_steps.dtype == torch.int64
+    ref = find_steps_reference(input_ids, cu, torch.tensor([7, 9]))
+    assert [t.tolist() for t in ref] == [step_index.tolist(), cu_steps.tolist()]
+
+
+def test_min_ties_send_gradient_to_first_minimal_step(cpu_isa):
+    hidden = torch.tensor([[1.0], [0.0], [2.0], [0.0], [0.0]], requires_grad=True)
+    weight = torch.tensor([[1.0]])
+    scores = score_steps(hidden, weight, step_index=torch.tensor([0, 1, 2, 3]), cu_steps=torch.tensor([0, 4]))
+    assert scores.min.item() == 0.5
+    scores.min.sum().backward()
+    assert hidden.grad[:, 0].tolist() == [0.0, 0.25, 0.0, 0.0, 0.0]
+
+
+def test_product_of_many_small_probabilities_stays_finite_in_log_space(cpu_isa):
+    K = 2000
+    hidden = torch.zeros(K, 4)  # logit 0 -> p = 0.5 at every step
+    weight = torch.ones(1, 4)
+    cu = torch.tensor([0, K])
+    out = score_steps(hidden, weight, input_ids=torch.full((K,), SEP), cu_seqlens=cu, sep_token_ids=SEP)
+    assert math.isfinite(out.log_prod.item())
+    assert out.log_prod.item() == pytest.approx(K * math.log(0.5), rel=1e-6)
+    assert out.prod.item() == 0.0  # 2^-2000 underflows; log_prod keeps the information
+    # Very negative logits: log p stays exact where p itself underflows to zero.
+    out = score_steps(torch.full((3, 1), -200.0), torch.ones(1, 1), step_index=torch.arange(3), cu_steps=torch.tensor([0, 3]))
+    assert out.log_prod.item() == pytest.approx(-600.0)
+
+
+def test_nan_rows_only_affect_their_sequence(cpu_isa):
+    rows = [[1, SEP, 2, SEP], [SEP, 3, SEP], [SEP]]
+    hidden, weight, bias, input_ids, cu = make_inputs(rows)
+    hidden[3, 5] = float("nan")  # a step row of sequence 0
+    hidden[5, 0] = float("inf")  # a non-step row of sequence 1: never read
+    out, ref, leaves, ref_leaves = run_both(hidden, weight, bias, input_ids, cu)
+    assert_scores_close(out, ref, 1e-5)
+    assert torch.isnan(out.min[0]) and torch.isnan(out.mean[0]) and torch.isnan(out.prod[0])
+    for name in OUTPUTS[2:]:
+        assert torch.isfinite(getattr(out, name)[1:]).all(), name
+    grad = leaves[0].grad
+    assert torch.isfinite(grad[4:]).all() and torch.isnan(grad[3]).any()
+
+
+def test_non_contiguous_hidden(cpu_isa):
+    rows = [[1, SEP, 2, SEP], [SEP, 3]]
+    hidden, weight, bias, input_ids, cu = make_inputs(rows, H=40)
+    wide = torch.randn(hidden.shape[0], 100)
+    wide[:, 10:50] = hidden
+    for view in (wide[:, 10:50], hidden.T.contiguous().T):
+        assert not view.is_contiguous()
+        out, ref, *_ = run_both(view, weight, bias, input_ids, cu, grads=False)
+        assert_scores_close(out, ref, 1e-5)
+
+
+def test_given_mode_rows_shared_by_sequences_sum_their_gradients(cpu_isa):
+    """Given mode may point two sequences at one row (e.g. a shared prefix step): gradients add up."""
+    hidden = torch.randn(6, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 16, dtype=torch.float64, requires_grad=True)
+    step_index, cu_steps = torch.tensor([1, 4, 1, 5, 0]), torch.tensor([0, 2, 4, 5])
+    out = score_steps(hidden, weight, step_index=step_index, cu_steps=cu_steps)
+    ref_h, ref_w = hidden.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
+    ref = score_steps_reference(ref_h, ref_w, None, step_index, cu_steps)
+    loss_of(out).backward()
+    loss_of(ref).backward()
+    torch.testing.assert_close(hidden.grad, ref_h.grad)
+    torch.testing.assert_close(weight.grad, ref_w.grad)
+
+
+@pytest.mark.parametrize("C", [1, 2])
+def test_gradcheck_float64(cpu_isa, C):
+    rows = [[1, SEP, 2, SEP], [], [SEP, SEP, 4], [3]]
+    hidden, weight, bias, input_ids, cu = make_inputs(rows, H=5, C=C, dtype=torch.float64)
+    step_index, cu_steps = find_steps(input_ids, cu, SEP)
+
+    def fn(h, w, b):
+        s = score_steps(h, w, b, step_index=step_index, cu_steps=cu_steps)
+        finite = s.num_steps > 0
+        return s.step_logits, s.step_probs, s.min[finite], s.log_prod[finite], s.mean[finite], s.last[finite]
+
+    leaves = [t.requires_grad_() for t in (hidden, weight, bias)]
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_bf16_error_within_twice_a_bf16_torch_reference():
+    rows = random_rows(torch.Generator().manual_seed(3), batch=16, max_len=60)
+    hidden, weight, bias, input_ids, cu = make_inputs(rows, H=256, dtype=torch.float64, seed=3, scale=3.0)
+    step_index, cu_steps = find_steps(input_ids, cu, SEP)
+    exact = score_steps_reference(hidden, weight, bias, step_index, cu_steps)
+    fused = score_steps(hidden.bfloat16(), weight.bfloat16(), bias.bfloat16(), step_index=step_index, cu_steps=cu_steps)
+    # What a user would write in plain PyTorch at bf16: matmul and softmax in bf16.
+    logits16 = hidden.bfloat16()[step_index] @ weight.bfloat16().T + bias.bfloat16()
+    probs16 = torch.softmax(logits16, -1)[:, 1].double()
+    fused_err = (fused.step_probs.double() - exact.step_probs).abs().max()
+    torch_err = (probs16 - exact.step_probs).abs().max()
+    assert fused_err <= 2 * torch_err, (fused_err, torch_err)
+    logit_err = (fused.step_logits.double() - exact.step_logits).abs().max()
+    assert logit_err <= 2 * (logits16.double() - exact.step_logits).abs().max()
+
+
+def test_batch_invariance_and_determinism(cpu_isa):
+    gen = torch.Generator().manual_seed(7)
+    H = 96
+    target = [1, SEP, 2, 3, SEP, SEP, 4, SEP]
+    others = random_rows(gen, batch=40, max_len=50)
+    weight = torch.randn(2, H, generator=gen)
+    target_hidden = torch.randn(len(target), H, generator=gen).bfloat16()
+
+    def score_in(batch_rows, position):
+        rows = [*batch_rows[:position], target, *batch_rows[position:]]
+        input_ids, cu = packed_ids(rows)
+        hidden = torch.randn(input_ids.shape[0], H, generator=gen).bfloat16()
+        start = int(cu[position])
+        hidden[start : start + len(target)] = target_hidden
+        hidden.requires_grad_()
+        s = score_steps(hidden, weight, input_ids=input_ids, cu_seqlens=cu, sep_token_ids=SEP)
+        (s.min[position] + s.log_prod[position] + s.step_probs.sum()).backward()
+        k0, k1 = int(s.cu_steps[position]), int(s.cu_steps[position + 1])
+        per_seq = [getattr(s, n)[position].detach() for n in ("min", "log_prod", "mean", "last", "first_error")]
+        return (s.step_logits[k0:k1].detach(), *per_seq, hidden.grad[start : start + len(target)])
+
+    alone = score_in([], 0)
+    for batch_rows, position in [(others, 0), (others, 17), (others, 40), (others[:5], 5), (others, 17)]:
+        for a, b in zip(alone, score_in(batch_rows, position)):
+            assert torch.equal(a, b)
+
+
+def test_opcheck():
+    rows = [[1, SEP, 2, SEP], [SEP, 3]]  # opcheck compares with NaN != NaN: no empty sequence here
+    hidden, weight, bias, input_ids, cu = make_inputs(rows, H=8)
+    step_index, cu_steps = find_steps(input_ids, cu, SEP)
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    torch.library.opcheck(
+        torch.ops.fastprm.score_steps_forward.default, (hidden, weight, bias, step_index, cu_steps, 1, 0.5)
+    )
+    g = torch.randn(step_index.shape[0], 2)
+    torch.library.opcheck(torch.ops.fastprm.score_steps_backward.default, (g, hidden.detach(), weight.detach(), step_index))
+    torch.library.opcheck(
+        torch.ops.fastprm.find_steps.default,
+        (input_ids, cu, torch.tensor([SEP])),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
+
+
+def test_torch_compile_fullgraph():
+    rows = [[1, SEP, 2, SEP], [], [SEP, 3], [SEP]]
+    hidden, weight, bias, input_ids, cu = make_inputs(rows, H=16)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def scored(h, w, b):
+        s = score_steps(h, w, b, input_ids=input_ids, cu_seqlens=cu, sep_token_ids=SEP)
+        return s.step_probs.sum() + torch.nan_to_num(s.min).sum(), s.first_error
+
+    h = hidden.clone().requires_grad_()
+    loss, first_error = scored(h, weight, bias)
+    loss.backward()
+    h_ref = hidden.clone().requires_grad_()
+    ref = score_steps(h_ref, weight, bias, input_ids=input_ids, cu_seqlens=cu, sep_token_ids=SEP)
+    (ref.step_probs.sum() + torch.nan_to_num(ref.min).sum()).backward()
+    torch.testing.assert_close(loss, ref.step_probs.sum() + torch.nan_to_num(ref.min).sum())
+    torch.testing.assert_close(first_error, ref.first_error)
+    torch.testing.assert_close(h.grad, h_ref.grad)
