@@ -3,9 +3,9 @@ import os
 # Kernel outputs allocated with torch.empty are NaN-filled so that an element a kernel forgets is caught.
 os.environ.setdefault("FASTPRM_NAN_FILL_OUTPUTS", "1")
 
-import pytest  # noqa: E402
+import pytest
 
-from fastprm import _native  # noqa: E402
+from fastprm import _native
 
 
 @pytest.fixture(params=_native.available_isas() or ["reference"])

@@ -36,8 +36,12 @@ def loss_of(scores, seed=1):
 
 
 def run_both(hidden, weight, bias, input_ids, cu, grads=True, **kw):
-    leaves = [t.detach().clone().requires_grad_(grads) if t is not None else None for t in (hidden, weight, bias)]
-    ref_leaves = [t.detach().clone().requires_grad_(grads) if t is not None else None for t in (hidden, weight, bias)]
+    leaves = [
+        t.detach().clone().requires_grad_(grads) if t is not None else None for t in (hidden, weight, bias)
+    ]
+    ref_leaves = [
+        t.detach().clone().requires_grad_(grads) if t is not None else None for t in (hidden, weight, bias)
+    ]
     out = score_steps(*leaves, input_ids=input_ids, cu_seqlens=cu, sep_token_ids=kw.pop("seps", SEP), **kw)
     step_index, cu_steps = out.step_index, out.cu_steps
     ref = score_steps_reference(*ref_leaves, step_index, cu_steps, **kw)
@@ -121,7 +125,12 @@ def test_product_of_many_small_probabilities_stays_finite_in_log_space(cpu_isa):
     assert out.log_prod.item() == pytest.approx(K * math.log(0.5), rel=1e-6)
     assert out.prod.item() == 0.0  # 2^-2000 underflows; log_prod keeps the information
     # Very negative logits: log p stays exact where p itself underflows to zero.
-    out = score_steps(torch.full((3, 1), -200.0), torch.ones(1, 1), step_index=torch.arange(3), cu_steps=torch.tensor([0, 3]))
+    out = score_steps(
+        torch.full((3, 1), -200.0),
+        torch.ones(1, 1),
+        step_index=torch.arange(3),
+        cu_steps=torch.tensor([0, 3]),
+    )
     assert out.log_prod.item() == pytest.approx(-600.0)
 
 
@@ -130,7 +139,7 @@ def test_nan_rows_only_affect_their_sequence(cpu_isa):
     hidden, weight, bias, input_ids, cu = make_inputs(rows)
     hidden[3, 5] = float("nan")  # a step row of sequence 0
     hidden[5, 0] = float("inf")  # a non-step row of sequence 1: never read
-    out, ref, leaves, ref_leaves = run_both(hidden, weight, bias, input_ids, cu)
+    out, ref, leaves, _ = run_both(hidden, weight, bias, input_ids, cu)
     assert_scores_close(out, ref, 1e-5)
     assert torch.isnan(out.min[0]) and torch.isnan(out.mean[0]) and torch.isnan(out.prod[0])
     for name in OUTPUTS[2:]:
@@ -184,7 +193,9 @@ def test_bf16_error_within_twice_a_bf16_torch_reference():
     hidden, weight, bias, input_ids, cu = make_inputs(rows, H=256, dtype=torch.float64, seed=3, scale=3.0)
     step_index, cu_steps = find_steps(input_ids, cu, SEP)
     exact = score_steps_reference(hidden, weight, bias, step_index, cu_steps)
-    fused = score_steps(hidden.bfloat16(), weight.bfloat16(), bias.bfloat16(), step_index=step_index, cu_steps=cu_steps)
+    fused = score_steps(
+        hidden.bfloat16(), weight.bfloat16(), bias.bfloat16(), step_index=step_index, cu_steps=cu_steps
+    )
     # What a user would write in plain PyTorch at bf16: matmul and softmax in bf16.
     logits16 = hidden.bfloat16()[step_index] @ weight.bfloat16().T + bias.bfloat16()
     probs16 = torch.softmax(logits16, -1)[:, 1].double()
@@ -213,7 +224,9 @@ def test_batch_invariance_and_determinism(cpu_isa):
         s = score_steps(hidden, weight, input_ids=input_ids, cu_seqlens=cu, sep_token_ids=SEP)
         (s.min[position] + s.log_prod[position] + s.step_probs.sum()).backward()
         k0, k1 = int(s.cu_steps[position]), int(s.cu_steps[position + 1])
-        per_seq = [getattr(s, n)[position].detach() for n in ("min", "log_prod", "mean", "last", "first_error")]
+        per_seq = [
+            getattr(s, n)[position].detach() for n in ("min", "log_prod", "mean", "last", "first_error")
+        ]
         return (s.step_logits[k0:k1].detach(), *per_seq, hidden.grad[start : start + len(target)])
 
     alone = score_in([], 0)
@@ -232,7 +245,9 @@ def test_opcheck():
         torch.ops.fastprm.score_steps_forward.default, (hidden, weight, bias, step_index, cu_steps, 1, 0.5)
     )
     g = torch.randn(step_index.shape[0], 2)
-    torch.library.opcheck(torch.ops.fastprm.score_steps_backward.default, (g, hidden.detach(), weight.detach(), step_index))
+    torch.library.opcheck(
+        torch.ops.fastprm.score_steps_backward.default, (g, hidden.detach(), weight.detach(), step_index)
+    )
     torch.library.opcheck(
         torch.ops.fastprm.find_steps.default,
         (input_ids, cu, torch.tensor([SEP])),
@@ -244,7 +259,7 @@ def test_torch_compile_fullgraph():
     rows = [[1, SEP, 2, SEP], [], [SEP, 3], [SEP]]
     hidden, weight, bias, input_ids, cu = make_inputs(rows, H=16)
 
-    @torch.compile(fullgraph=True, backend="aot_eager")
+    @torch.compile(fullgraph=True)
     def scored(h, w, b):
         s = score_steps(h, w, b, input_ids=input_ids, cu_seqlens=cu, sep_token_ids=SEP)
         return s.step_probs.sum() + torch.nan_to_num(s.min).sum(), s.first_error

@@ -119,25 +119,30 @@ def score_steps(
     _check_tensor(weight, "weight", 2, _FLOAT_DTYPES, device)
     C, H = weight.shape
     _require(C in (1, 2), f"weight must have C = 1 or 2 rows (sigmoid or 2-class softmax head), got C = {C}")
-    _require(H == hidden.shape[1], f"weight has H = {H} columns but hidden has {hidden.shape[1]}")
+    _require(hidden.shape[1] == H, f"weight has H = {H} columns but hidden has {hidden.shape[1]}")
     if bias is not None:
         _check_tensor(bias, "bias", 1, _FLOAT_DTYPES, device)
         _require(bias.shape[0] == C, f"bias must be [C] = [{C}], got shape {tuple(bias.shape)}")
     _require(positive_class in (0, 1), f"positive_class must be 0 or 1, got {positive_class!r}")
-    _require(isinstance(threshold, (int, float)), f"threshold must be a number, got {type(threshold).__name__}")
+    _require(
+        isinstance(threshold, (int, float)), f"threshold must be a number, got {type(threshold).__name__}"
+    )
 
     find_args = (input_ids, cu_seqlens, sep_token_ids)
     given_args = (step_index, cu_steps)
     finding = all(a is not None for a in find_args)
     giving = all(a is not None for a in given_args)
     _require(
-        finding != giving and not (finding and any(a is not None for a in given_args))
+        finding != giving
+        and not (finding and any(a is not None for a in given_args))
         and not (giving and any(a is not None for a in find_args)),
         "pass either input_ids, cu_seqlens and sep_token_ids (find mode) or step_index and cu_steps (given mode)",
     )
     if finding:
         _require(
-            isinstance(input_ids, torch.Tensor) and input_ids.dim() == 1 and input_ids.shape[0] == hidden.shape[0],
+            isinstance(input_ids, torch.Tensor)
+            and input_ids.dim() == 1
+            and input_ids.shape[0] == hidden.shape[0],
             f"input_ids must be [N] = [{hidden.shape[0]}] (one id per hidden row)",
         )
         step_index, cu_steps = find_steps(input_ids, cu_seqlens, sep_token_ids)

@@ -30,7 +30,9 @@ def find_steps(input_ids, cu_seqlens, sep_token_ids):
     cu_steps = torch.zeros(cu_seqlens.shape[0], dtype=torch.int64)
     torch.cumsum(counts, 0, out=cu_steps[1:])
     step_index = empty(int(cu_steps[-1]), dtype=torch.int64, device="cpu")
-    native.find_steps_fill(_view(input_ids), _view(cu_seqlens), _view(seps), _view(cu_steps), _view(step_index))
+    native.find_steps_fill(
+        _view(input_ids), _view(cu_seqlens), _view(seps), _view(cu_steps), _view(step_index)
+    )
     return step_index, cu_steps
 
 
@@ -82,4 +84,3 @@ def score_steps_backward(grad_step_logits, hidden, weight, step_index):
         _view(grad_bias),
     )
     return grad_hidden, grad_weight, grad_bias
-

@@ -55,7 +55,9 @@ def step_logit_grad(
     if C == 1:
         grad = (g_z if positive_class == 1 else -g_z).unsqueeze(1)
     else:
-        sign = torch.tensor([-1.0, 1.0] if positive_class == 1 else [1.0, -1.0], dtype=p.dtype, device=p.device)
+        sign = torch.tensor(
+            [-1.0, 1.0] if positive_class == 1 else [1.0, -1.0], dtype=p.dtype, device=p.device
+        )
         grad = g_z.unsqueeze(1) * sign
     if g_logits is not None:
         grad = grad + g_logits

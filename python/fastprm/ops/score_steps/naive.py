@@ -58,10 +58,13 @@ def check_steps(step_index: torch.Tensor, cu_steps: torch.Tensor, n_rows: int) -
             f"step_index[{k}] = {int(step_index[k])} is out of range for hidden with {n_rows} rows"
         )
     # A step may not precede the one before it, except at the first step of a sequence.
-    k = torch.arange(1, step_index.shape[0], device=step_index.device)
-    starts = torch.zeros(step_index.shape[0], dtype=torch.bool, device=step_index.device)
-    starts[cu_steps[:-1][cu_steps[:-1] < step_index.shape[0]]] = True
-    bad = k[(step_index[1:] <= step_index[:-1]) & ~starts[1:]]
+    K = step_index.shape[0]
+    starts = cu_steps[:-1][cu_steps[:-1] < K]
+    first_of_sequence = torch.zeros(K, dtype=torch.bool, device=step_index.device)
+    first_of_sequence[starts] = True
+    not_ascending = torch.ones(K, dtype=torch.bool, device=step_index.device)
+    not_ascending[1:] = step_index[1:] <= step_index[:-1]
+    bad = torch.nonzero(not_ascending & ~first_of_sequence).flatten()
     if bad.numel():
         k = int(bad[0])
         seq = int(torch.searchsorted(cu_steps, torch.tensor(k, device=cu_steps.device), right=True)) - 1
@@ -155,7 +158,9 @@ def reference_backward(
     """
     rows = hidden[step_index].to(grad_step_logits.dtype)
     grad_hidden = torch.zeros_like(hidden, memory_format=torch.contiguous_format)
-    grad_hidden.index_add_(0, step_index, (grad_step_logits @ weight.to(grad_step_logits.dtype)).to(hidden.dtype))
+    grad_hidden.index_add_(
+        0, step_index, (grad_step_logits @ weight.to(grad_step_logits.dtype)).to(hidden.dtype)
+    )
     return grad_hidden, grad_step_logits.T @ rows, grad_step_logits.sum(0)
 
 

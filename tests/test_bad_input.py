@@ -1,0 +1,99 @@
+"""Malformed input raises a ValueError naming the argument; never a crash, a hang or garbage."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from batches import SEP, packed_ids
+from fastprm.ops import score_steps, score_steps_reference
+
+H = 8
+
+
+def find_mode(**overrides):
+    input_ids, cu = packed_ids([[1, SEP, 2], [SEP, 3, SEP]])
+    kw = dict(
+        hidden=torch.randn(6, H), weight=torch.randn(2, H), bias=None,
+        input_ids=input_ids, cu_seqlens=cu, sep_token_ids=SEP,
+    )  # fmt: skip
+    kw.update(overrides)
+    return kw
+
+
+def given_mode(**overrides):
+    kw = dict(
+        hidden=torch.randn(6, H), weight=torch.randn(2, H), bias=None,
+        step_index=torch.tensor([1, 3, 5]), cu_steps=torch.tensor([0, 1, 3]),
+    )  # fmt: skip
+    kw.update(overrides)
+    return kw
+
+
+BAD_CALLS = [
+    ("hidden", find_mode(hidden=torch.randn(6, H).long())),
+    ("hidden", find_mode(hidden=torch.randn(6, H, 1))),
+    ("hidden", find_mode(hidden=[[0.0] * H] * 6)),
+    ("weight", find_mode(weight=torch.randn(3, H))),
+    ("weight", find_mode(weight=torch.randn(2, H + 1))),
+    ("weight", find_mode(weight=torch.randn(H))),
+    ("bias", find_mode(bias=torch.randn(3))),
+    ("bias", find_mode(bias=torch.randn(2).long())),
+    ("positive_class", find_mode(positive_class=2)),
+    ("threshold", find_mode(threshold="high")),
+    ("input_ids", find_mode(input_ids=torch.zeros(6))),
+    ("input_ids", find_mode(input_ids=torch.zeros(5, dtype=torch.long))),
+    ("cu_seqlens", find_mode(cu_seqlens=torch.tensor([1, 3, 6]))),
+    ("cu_seqlens", find_mode(cu_seqlens=torch.tensor([0, 4, 3, 6]))),
+    ("cu_seqlens", find_mode(cu_seqlens=torch.tensor([0, 3, 5]))),
+    ("cu_seqlens", find_mode(cu_seqlens=torch.tensor([0, 3, 7]))),
+    ("cu_seqlens", find_mode(cu_seqlens=torch.tensor([], dtype=torch.long))),
+    ("cu_seqlens", find_mode(cu_seqlens=torch.tensor([0.0, 6.0]))),
+    ("sep_token_ids", find_mode(sep_token_ids=[])),
+    ("sep_token_ids", find_mode(sep_token_ids="x")),
+    ("sep_token_ids", find_mode(sep_token_ids=torch.tensor([1.5]))),
+    ("step_index", given_mode(step_index=torch.tensor([1, 3, 6]))),
+    ("step_index", given_mode(step_index=torch.tensor([1, 3, -1]))),
+    ("step_index", given_mode(step_index=torch.tensor([1, 5, 3]))),
+    ("step_index", given_mode(step_index=torch.tensor([1, 3, 3]))),
+    ("step_index", given_mode(step_index=torch.tensor([1.0, 3.0, 5.0]))),
+    ("cu_steps", given_mode(cu_steps=torch.tensor([0, 1, 4]))),
+    ("cu_steps", given_mode(cu_steps=torch.tensor([0, 2, 1, 3]))),
+    ("cu_steps", given_mode(cu_steps=torch.tensor([1, 3]))),
+    ("either", find_mode(step_index=torch.tensor([1]))),
+    ("either", given_mode(input_ids=torch.zeros(6, dtype=torch.long))),
+    ("either", find_mode(cu_seqlens=None)),
+]
+
+
+@pytest.mark.parametrize(
+    ("argument", "kwargs"), BAD_CALLS, ids=[f"{a}-{i}" for i, (a, _) in enumerate(BAD_CALLS)]
+)
+def test_bad_input_names_the_argument(cpu_isa, argument, kwargs):
+    with pytest.raises(ValueError, match=argument):
+        score_steps(**kwargs)
+
+
+def test_reference_rejects_the_same_step_layouts():
+    for argument, kwargs in BAD_CALLS:
+        layout_error = argument in ("step_index", "cu_steps") and not kwargs["step_index"].is_floating_point()
+        if "step_index" in kwargs and layout_error:
+            with pytest.raises(ValueError, match=argument):
+                score_steps_reference(
+                    kwargs["hidden"], kwargs["weight"], None, kwargs["step_index"], kwargs["cu_steps"]
+                )
+
+
+def test_device_mismatch_is_named():
+    kw = find_mode(weight=torch.randn(2, H, device="meta"))
+    with pytest.raises(ValueError, match="weight"):
+        score_steps(**kw)
+
+
+def test_forced_isa_env_var_is_checked(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"FASTPRM_CPU_ISA": "sse9", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-c", "import fastprm"], env=env, capture_output=True, text=True)
+    assert proc.returncode != 0 and "FASTPRM_CPU_ISA" in proc.stderr
