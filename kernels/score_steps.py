@@ -17,6 +17,7 @@ from fastprm.ops.score_steps.naive import check_offsets, check_steps, reference_
 _FIND_BLOCK_ROWS = 1024
 _FIND_BLOCK_SEPS = 16
 _FORWARD_BLOCK_STEPS = 16
+_FORWARD_BLOCK_H = 128
 _REDUCE_BLOCK_STEPS = 128
 _GRAD_HIDDEN_BLOCK_H = 1024
 _GRAD_WEIGHT_BLOCK_STEPS = 32
@@ -59,7 +60,14 @@ def _count_separators_kernel(
 
 @triton.jit
 def _fill_steps_kernel(
-    ids_ptr, seps_ptr, block_start_ptr, step_index_ptr, N, S, BLOCK_ROWS: tl.constexpr, BLOCK_SEPS: tl.constexpr
+    ids_ptr,
+    seps_ptr,
+    block_start_ptr,
+    step_index_ptr,
+    N,
+    S,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_SEPS: tl.constexpr,
 ):
     block = tl.program_id(0)
     rows = block.to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
@@ -98,7 +106,9 @@ def find_steps(
     K = int(block_start[-1])  # the output size depends on the data: one host sync
     step_index = empty(K, dtype=torch.int64, device=device)
     if K:
-        _fill_steps_kernel[(num_blocks,)](ids, seps, block_start, step_index, N, S, _FIND_BLOCK_ROWS, block_seps)
+        _fill_steps_kernel[(num_blocks,)](
+            ids, seps, block_start, step_index, N, S, _FIND_BLOCK_ROWS, block_seps
+        )
     # step_index is ascending, so the steps before sequence b are those before row cu_seqlens[b].
     cu_steps = torch.searchsorted(step_index, cu_seqlens.to(torch.int64))
     return step_index, cu_steps
@@ -126,15 +136,9 @@ def _probability(first, second, C: tl.constexpr, POSITIVE_CLASS: tl.constexpr):
     gives NaN for both.
     """
     if C == 1:
-        if POSITIVE_CLASS == 1:
-            z = first
-        else:
-            z = -first
+        z = first if POSITIVE_CLASS == 1 else -first
     else:
-        if POSITIVE_CLASS == 1:
-            z = second - first
-        else:
-            z = first - second
+        z = second - first if POSITIVE_CLASS == 1 else first - second
     e = tl.exp(-tl.abs(z))
     nonneg = z >= 0
     prob = tl.where(nonneg, 1.0 / (1.0 + e), e / (1.0 + e))
@@ -295,7 +299,7 @@ def forward(
             C=C,
             POSITIVE_CLASS=positive_class,
             BLOCK_K=_FORWARD_BLOCK_STEPS,
-            BLOCK_H=_block(H, 128),
+            BLOCK_H=_block(H, _FORWARD_BLOCK_H),
         )
     if B:
         _reduce_sequences_kernel[(B,)](
