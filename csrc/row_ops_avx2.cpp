@@ -62,26 +62,25 @@ inline float hsum(__m256 v) {
 template <class R>
 void dot(const void* xv, const float* w, int C, int64_t H, float* out) {
   const typename R::T* x = static_cast<const typename R::T*>(xv);
-  // Two accumulators per head row hide the FMA latency; the row is read once for both head rows.
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+  // Four accumulators per head row cover the FMA latency; the row is read once for both head rows.
+  __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 b[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
   const float* w1 = w + (C == 2 ? H : 0);
   int64_t h = 0;
-  for (; h + 16 <= H; h += 16) {
-    const __m256 x0 = R::load(x + h), x1 = R::load(x + h + 8);
-    a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w + h), a0);
-    a1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(w + h + 8), a1);
-    if (C == 2) {
-      b0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w1 + h), b0);
-      b1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(w1 + h + 8), b1);
+  for (; h + 32 <= H; h += 32) {
+    for (int u = 0; u < 4; ++u) {
+      const __m256 xu = R::load(x + h + 8 * u);
+      a[u] = _mm256_fmadd_ps(xu, _mm256_loadu_ps(w + h + 8 * u), a[u]);
+      if (C == 2) b[u] = _mm256_fmadd_ps(xu, _mm256_loadu_ps(w1 + h + 8 * u), b[u]);
     }
   }
   for (; h + 8 <= H; h += 8) {
     const __m256 x0 = R::load(x + h);
-    a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w + h), a0);
-    if (C == 2) b0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w1 + h), b0);
+    a[0] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w + h), a[0]);
+    if (C == 2) b[0] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(w1 + h), b[0]);
   }
-  float s0 = hsum(_mm256_add_ps(a0, a1)), s1 = hsum(_mm256_add_ps(b0, b1));
+  float s0 = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+  float s1 = hsum(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), _mm256_add_ps(b[2], b[3])));
   for (; h < H; ++h) {
     const float xs = R::scalar(x[h]);
     s0 += xs * w[h];

@@ -29,9 +29,42 @@ size_t element_size(DType dt) {
 }
 
 bool is_separator(int64_t id, const int64_t* sep_ids, int64_t n_sep) {
-  for (int64_t s = 0; s < n_sep; ++s)
-    if (id == sep_ids[s]) return true;
-  return false;
+  bool hit = false;
+  for (int64_t s = 0; s < n_sep; ++s) hit |= id == sep_ids[s];
+  return hit;
+}
+
+// Separator rows of one id range. The single-separator case is a plain compare the compiler vectorizes.
+template <class Id>
+int64_t count_separators(const Id* ids, int64_t begin, int64_t end, const int64_t* sep_ids, int64_t n_sep) {
+  int64_t n = 0;
+  if (n_sep == 1) {
+    const Id sep = static_cast<Id>(sep_ids[0]);
+    if (static_cast<int64_t>(sep) != sep_ids[0]) return 0;  // an id the dtype cannot hold never matches
+    for (int64_t i = begin; i < end; ++i) n += ids[i] == sep;
+    return n;
+  }
+  for (int64_t i = begin; i < end; ++i) n += is_separator(ids[i], sep_ids, n_sep);
+  return n;
+}
+
+template <class Id>
+void count_in_sequences(const Id* ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep, int64_t* counts) {
+  const int64_t B = cu_seqlens.size - 1;
+#pragma omp parallel for schedule(static) if (cu_seqlens[B] > kMinParallelElements)
+  for (int64_t b = 0; b < B; ++b) counts[b] = count_separators(ids, cu_seqlens[b], cu_seqlens[b + 1], sep_ids, n_sep);
+}
+
+template <class Id>
+void fill_in_sequences(const Id* ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
+                       const int64_t* cu_steps, int64_t* step_index) {
+  const int64_t B = cu_seqlens.size - 1;
+#pragma omp parallel for schedule(static) if (cu_seqlens[B] > kMinParallelElements)
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t k = cu_steps[b];
+    for (int64_t i = cu_seqlens[b]; i < cu_seqlens[b + 1]; ++i)
+      if (is_separator(ids[i], sep_ids, n_sep)) step_index[k++] = i;
+  }
 }
 
 // Element [h0, h0 + len) of row r, made contiguous in `scratch` when the row is strided.
@@ -123,24 +156,19 @@ std::string count_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* 
   if (cu_seqlens[B] != N)
     return "cu_seqlens must end at the number of rows N = " + std::to_string(N) + ", got " +
            std::to_string(cu_seqlens[B]);
-#pragma omp parallel for schedule(static) if (N > kMinParallelElements)
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t n = 0;
-    for (int64_t i = cu_seqlens[b]; i < cu_seqlens[b + 1]; ++i) n += is_separator(input_ids[i], sep_ids, n_sep);
-    counts[b] = n;
-  }
+  if (input_ids.is64)
+    count_in_sequences(static_cast<const int64_t*>(input_ids.data), cu_seqlens, sep_ids, n_sep, counts);
+  else
+    count_in_sequences(static_cast<const int32_t*>(input_ids.data), cu_seqlens, sep_ids, n_sep, counts);
   return "";
 }
 
 void fill_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
                 const int64_t* cu_steps, int64_t* step_index) {
-  const int64_t B = cu_seqlens.size - 1;
-#pragma omp parallel for schedule(static) if (input_ids.size > kMinParallelElements)
-  for (int64_t b = 0; b < B; ++b) {
-    int64_t k = cu_steps[b];
-    for (int64_t i = cu_seqlens[b]; i < cu_seqlens[b + 1]; ++i)
-      if (is_separator(input_ids[i], sep_ids, n_sep)) step_index[k++] = i;
-  }
+  if (input_ids.is64)
+    fill_in_sequences(static_cast<const int64_t*>(input_ids.data), cu_seqlens, sep_ids, n_sep, cu_steps, step_index);
+  else
+    fill_in_sequences(static_cast<const int32_t*>(input_ids.data), cu_seqlens, sep_ids, n_sep, cu_steps, step_index);
 }
 
 std::string validate_steps(const int64_t* step_index, int64_t K, const int64_t* cu_steps, int64_t B, int64_t N) {
