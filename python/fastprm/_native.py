@@ -37,6 +37,7 @@ def _load() -> ModuleType | None:
 
 
 native: ModuleType | None = _load()
+_nan_fill = os.environ.get(NAN_FILL_ENV) == "1"
 
 
 def available_isas() -> list[str]:
@@ -48,6 +49,6 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.
     """``torch.empty`` for kernel outputs; NaN/garbage-filled when FASTPRM_NAN_FILL_OUTPUTS=1 so that tests
     catch any element a kernel forgets to write."""
     out = torch.empty(*shape, dtype=dtype, device=device)
-    if os.environ.get(NAN_FILL_ENV) == "1":
+    if _nan_fill:
         out.fill_(float("nan") if out.is_floating_point() else torch.iinfo(dtype).min)
     return out

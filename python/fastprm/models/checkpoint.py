@@ -1,0 +1,40 @@
+"""Reading and writing the tensors of Hugging Face-format checkpoint directories (safetensors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def _files_by_tensor(path: Path) -> dict[str, Path]:
+    index = path / INDEX_FILE
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: path / file for name, file in weight_map.items()}
+    single = path / SINGLE_FILE
+    if not single.exists():
+        raise ValueError(f"{path} has neither {SINGLE_FILE} nor {INDEX_FILE}")
+    with safe_open(single, framework="pt") as f:
+        return dict.fromkeys(f.keys(), single)
+
+
+def read_tensors(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor whose name starts with ``prefix + "."``, keyed by the rest of its name."""
+    path = Path(path)
+    wanted = {name: file for name, file in _files_by_tensor(path).items() if name.startswith(prefix + ".")}
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(set(wanted.values())):
+        with safe_open(file, framework="pt") as f:
+            for name in (n for n, fl in wanted.items() if fl == file):
+                out[name[len(prefix) + 1 :]] = f.get_tensor(name)
+    return out
+
+
+def tensor_names(path: str | Path) -> set[str]:
+    return set(_files_by_tensor(Path(path)))

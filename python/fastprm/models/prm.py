@@ -1,0 +1,193 @@
+"""``PRM``: a transformers backbone + a PRM head + the step tokenizer of its convention."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .. import _native
+from ..ops import StepScores, score_steps
+from .checkpoint import read_tensors, tensor_names
+from .conventions import FASTPRM_CONFIG, LINEAR, LM_PAIR, MLP, Convention, get_convention
+from .heads import build_head
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU or a CPU with native bf16 math (AVX512-BF16 / AMX), else fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if "avx512_bf16" in _native.available_isas() else torch.float32
+
+
+class PRM(nn.Module):
+    """A process reward model: backbone hidden states -> head -> per-step probabilities.
+
+    Build with :meth:`from_pretrained`; score with :meth:`score` (see :mod:`fastprm.scoring`).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, convention: Convention, tokenizer=None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.convention = convention
+        self.tokenizer = tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    # -- loading and saving -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        convention: str = "auto",
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        *,
+        separator: str | None = None,
+        good_token: str | None = None,
+        bad_token: str | None = None,
+        template: str | None = None,
+        positive_class: int | None = None,
+        system_prompt: str | None = None,
+    ) -> PRM:
+        """Loads a local Hugging Face-format PRM directory (config.json, safetensors, tokenizer files).
+
+        Args:
+            path: checkpoint directory.
+            convention: ``auto`` (read from the config), ``qwen2.5-math-prm``, ``math-shepherd``,
+                ``token-classification``, ``value-head`` or ``fastprm``.
+            dtype: backbone dtype; default bf16 where the device has native bf16, else fp32.
+            device: default CPU.
+            separator, good_token, bad_token, template, positive_class, system_prompt: override the
+                convention's defaults.
+        """
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        path = Path(path)
+        conv = get_convention(convention, path).with_overrides(
+            separator=separator,
+            good_token=good_token,
+            bad_token=bad_token,
+            template=template,
+            positive_class=positive_class,
+            system_prompt=system_prompt,
+        )
+        device = torch.device(device or "cpu")
+        dtype = dtype or default_dtype(device)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        backbone = AutoModel.from_pretrained(path, config=config, dtype=dtype, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        head = _load_head(path, conv, config.hidden_size, tokenizer)
+        model = cls(backbone, head.to(dtype), conv, tokenizer).to(device)
+        return model.eval()
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Writes fastprm's own format: backbone (``model.*``) and head (``head.*``) in safetensors, the
+        backbone config, the tokenizer and ``fastprm_config.json`` (head kind, separator, template, ...)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backbone.config.save_pretrained(path)
+        tensors = {f"model.{k}": v for k, v in self.backbone.state_dict().items()}
+        tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path / "model.safetensors")
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(path)
+        own = {
+            "convention": {**self.convention.to_json(), "head_prefix": "head"},
+            "num_classes": self.num_classes,
+        }
+        (path / FASTPRM_CONFIG).write_text(json.dumps(own, indent=2) + "\n")
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out.weight.shape[0]
+
+    # -- forward ------------------------------------------------------------------------------------------------
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
+        """Last hidden states of the backbone (no LM head, no KV cache): [B, T, H]."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        return out.last_hidden_state
+
+    def score_hidden(
+        self, hidden: torch.Tensor, step_index: torch.Tensor, cu_steps: torch.Tensor, threshold: float = 0.5
+    ) -> StepScores:
+        """Fused head + per-sequence reductions over the step rows of [N, H] hidden states."""
+        rows, row_index, weight, bias = self.head.project(hidden, step_index)
+        return score_steps(
+            rows,
+            weight,
+            bias,
+            step_index=row_index,
+            cu_steps=cu_steps,
+            positive_class=self.convention.positive_class,
+            threshold=threshold,
+        )
+
+    def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]], **kwargs):
+        """Scores solutions step by step; see :class:`fastprm.scoring.Scorer` for the options."""
+        from ..scoring import Scorer
+
+        return Scorer(self, **{k: kwargs.pop(k) for k in list(kwargs) if k in Scorer.OPTIONS}).score(
+            problems, solutions, **kwargs
+        )
+
+
+def _load_head(path: Path, conv: Convention, hidden_size: int, tokenizer) -> nn.Module:
+    prefix = conv.head_prefix
+    own = path / FASTPRM_CONFIG
+    if conv.head == LM_PAIR:
+        good_id, bad_id = lm_pair_token_ids(tokenizer, conv)
+        names = tensor_names(path)
+        source = prefix if f"{prefix}.weight" in names else "model.embed_tokens"  # tied embeddings
+        weight = read_tensors(path, source)["weight"]
+        head = build_head(conv, hidden_size, 2)
+        head.out.weight.data.copy_(weight[[good_id, bad_id]])
+        return head
+    tensors = read_tensors(path, prefix)
+    if not tensors:
+        raise ValueError(f"{path} has no head weights under '{prefix}.*' for convention {conv.name}")
+    if conv.head == MLP:
+        num_classes = (
+            tensors["2.weight"].shape[0] if "2.weight" in tensors else tensors["out.weight"].shape[0]
+        )
+        head = build_head(conv, hidden_size, num_classes)
+        renamed = {
+            "0.weight": "hidden.weight",
+            "0.bias": "hidden.bias",
+            "2.weight": "out.weight",
+            "2.bias": "out.bias",
+        }
+        head.load_state_dict({renamed.get(k, k): v for k, v in tensors.items()})
+        return head
+    if conv.head == LINEAR:
+        key = "weight" if "weight" in tensors else "out.weight"
+        head = build_head(conv, hidden_size, tensors[key].shape[0])
+        head.load_state_dict({("out." + k if not k.startswith("out.") else k): v for k, v in tensors.items()})
+        return head
+    raise ValueError(f"unknown head kind {conv.head!r} in {own if own.exists() else path}")
+
+
+def lm_pair_token_ids(tokenizer, conv: Convention) -> tuple[int, int]:
+    """Vocabulary ids of the good and bad tokens, as the Math-Shepherd card derives them: the ids of
+    ``"{good} {bad}"`` without special tokens (so '+' and '-' carry their word-boundary piece)."""
+    ids = tokenizer(f"{conv.good_token} {conv.bad_token}", add_special_tokens=False)["input_ids"]
+    if len(ids) != 2:
+        raise ValueError(
+            f"good_token={conv.good_token!r} and bad_token={conv.bad_token!r} should be one token each, got ids {ids}"
+        )
+    return ids[0], ids[1]

@@ -1,0 +1,138 @@
+"""Batched step scoring: token-budget batches of length-sorted rows, one fused head pass per batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .models.prm import PRM
+from .tokenization import StepTokenizer, TokenizedSolution
+
+
+@dataclass
+class SolutionScores:
+    """Scores of one solution.
+
+    Attributes:
+        step_scores: P(step good) for every scored step, in order.
+        min, prod, mean, last: aggregates over the steps (NaN when no step was scored).
+        first_error: index of the first step whose score is below the threshold, -1 when none.
+        steps_dropped / prompt_tokens_dropped: what truncation removed (0 when nothing).
+    """
+
+    step_scores: list[float]
+    min: float
+    prod: float
+    mean: float
+    last: float
+    first_error: int
+    steps_dropped: int = 0
+    prompt_tokens_dropped: int = 0
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def token_budget_batches(
+    lengths: Sequence[int], batch_tokens: int, max_rows: int | None = None
+) -> list[list[int]]:
+    """Groups row indices into batches after sorting by length, so padding stays minimal.
+
+    A batch holds rows while (rows x longest row) fits in ``batch_tokens``; a single row longer than the
+    budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[i]  # rows arrive in increasing length
+        fits = (len(current) + 1) * longest <= batch_tokens and (max_rows is None or len(current) < max_rows)
+        if current and not fits:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Scorer:
+    """Scores (problem, steps) rows with a :class:`~fastprm.models.prm.PRM`.
+
+    Args:
+        prm: the model.
+        batch_tokens: token budget of one backbone batch (rows x padded length).
+        max_length: longest row; default the backbone's ``max_position_embeddings``.
+        truncation: ``error`` (default), ``left-truncate-prompt`` or ``drop-steps``.
+        threshold: ``first_error`` threshold.
+    """
+
+    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold")
+
+    def __init__(
+        self,
+        prm: PRM,
+        batch_tokens: int = 16384,
+        max_length: int | None = None,
+        truncation: str = "error",
+        threshold: float = 0.5,
+    ):
+        self.prm = prm
+        self.batch_tokens = batch_tokens
+        self.threshold = threshold
+        if max_length is None:
+            max_length = getattr(prm.backbone.config, "max_position_embeddings", None)
+        self.tokenizer = StepTokenizer(
+            prm.tokenizer, prm.convention, max_length=max_length, truncation=truncation
+        )
+        self.pad_id = prm.tokenizer.pad_token_id if prm.tokenizer.pad_token_id is not None else 0
+
+    def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]]) -> list[SolutionScores]:
+        """Per-solution step scores, in input order."""
+        return self.score_tokenized(self.tokenizer(problems, solutions))
+
+    @torch.inference_mode()
+    def score_tokenized(self, rows: Sequence[TokenizedSolution]) -> list[SolutionScores]:
+        results: list[SolutionScores | None] = [None] * len(rows)
+        for batch in token_budget_batches([len(r.input_ids) for r in rows], self.batch_tokens):
+            for i, scores in zip(batch, self._score_batch([rows[i] for i in batch])):
+                results[i] = scores
+        return results  # type: ignore[return-value]
+
+    def _score_batch(self, rows: list[TokenizedSolution]) -> Iterator[SolutionScores]:
+        device = self.prm.device
+        T = max(len(r.input_ids) for r in rows)
+        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        for b, r in enumerate(rows):
+            input_ids[b, : len(r.input_ids)] = torch.tensor(r.input_ids)
+        # Rows of equal length need no mask: causal attention alone is exact and takes the fast kernel.
+        mask = None
+        if any(len(r.input_ids) != T for r in rows):
+            mask = torch.zeros((len(rows), T), dtype=torch.long)
+            for b, r in enumerate(rows):
+                mask[b, : len(r.input_ids)] = 1
+            mask = mask.to(device)
+        hidden = self.prm.hidden_states(input_ids.to(device), attention_mask=mask)
+        step_index = torch.tensor(
+            [b * T + e for b, r in enumerate(rows) for e in r.step_ends], dtype=torch.long
+        )
+        cu_steps = torch.tensor([0, *torch.tensor([len(r.step_ends) for r in rows]).cumsum(0).tolist()])
+        out = self.prm.score_hidden(
+            hidden.reshape(-1, hidden.shape[-1]), step_index.to(device), cu_steps.to(device), self.threshold
+        )
+        per_seq = {k: getattr(out, k).float().cpu().tolist() for k in ("min", "prod", "mean", "last")}
+        first_error = out.first_error.cpu().tolist()
+        for b, (r, probs) in enumerate(zip(rows, out.per_sequence())):
+            yield SolutionScores(
+                step_scores=probs.float().cpu().tolist(),
+                min=per_seq["min"][b],
+                prod=per_seq["prod"][b],
+                mean=per_seq["mean"][b],
+                last=per_seq["last"][b],
+                first_error=first_error[b],
+                steps_dropped=r.steps_dropped,
+                prompt_tokens_dropped=r.prompt_tokens_dropped,
+            )

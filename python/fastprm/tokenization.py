@@ -1,0 +1,172 @@
+"""Step tokenization: prompt and steps tokenized separately, separator ids appended after each step.
+
+Steps are never found by searching a joined string (BPE merges text across the boundary: with the Qwen2
+tokenizer "." + "\\n\\n" is one token). Every piece of user text is tokenized with special tokens split, so a
+step that contains "<extra_0>", "<|im_end|>" or any other special token as text stays text; the template's
+own special tokens and the separators are inserted as ids. Step positions are recorded while the ids are
+built, so a separator-looking token inside user text can never end a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .models.conventions import PLAIN, PROBLEM_NEWLINE, QUESTION_SPACE, QWEN_CHAT, Convention
+
+TRUNCATION_MODES = ("error", "left-truncate-prompt", "drop-steps")
+
+
+@dataclass
+class TokenizedSolution:
+    """One problem + solution as model input.
+
+    Attributes:
+        input_ids: token ids of the whole sequence.
+        step_ends: position in ``input_ids`` of the token that scores each step (its last separator token).
+        prompt_tokens_dropped: tokens cut from the left of the problem to fit ``max_length``.
+        steps_dropped: trailing steps dropped to fit ``max_length`` (they get no score).
+    """
+
+    input_ids: list[int]
+    step_ends: list[int]
+    prompt_tokens_dropped: int = 0
+    steps_dropped: int = 0
+
+
+class StepTokenizer:
+    """Turns (problem, steps) pairs into model inputs for one convention.
+
+    Args:
+        tokenizer: a Hugging Face fast tokenizer of the checkpoint.
+        convention: the checkpoint's :class:`~fastprm.models.conventions.Convention`.
+        max_length: longest sequence allowed (None: no limit).
+        truncation: what to do with a longer row: ``error`` (default; names the row), ``left-truncate-prompt``
+            or ``drop-steps`` (both recorded on the result).
+    """
+
+    def __init__(
+        self, tokenizer, convention: Convention, max_length: int | None = None, truncation: str = "error"
+    ):
+        if truncation not in TRUNCATION_MODES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+        self.tokenizer = tokenizer
+        self.convention = convention
+        self.max_length = max_length
+        self.truncation = truncation
+        self._cache: dict[str, list[int]] = {}
+        # SentencePiece tokenizers prepend a word-boundary piece to every text they see ("\n" -> "▁", "<0x0A>").
+        # Inside a sequence that piece is not there, so continuation pieces drop it.
+        probe = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        self._boundary_piece = probe[0] if len(probe) > 1 else None
+        self.separator_ids = self._separator_ids(convention.separator)
+
+    # -- pieces -------------------------------------------------------------------------------------------------
+
+    def _special_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(
+                f"the tokenizer has no token {token!r}, which the {self.convention.name} template needs"
+            )
+        return token_id
+
+    def _separator_ids(self, separator: str) -> list[int]:
+        """A separator that is one (special) token of the vocabulary is that id; otherwise its text's ids."""
+        if separator in self.tokenizer.get_vocab():
+            return [self.tokenizer.convert_tokens_to_ids(separator)]
+        ids = self.tokenizer(separator, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"the separator {separator!r} tokenizes to nothing")
+        # SentencePiece tokenizers may emit a bare word-boundary piece first; the step tag is the rest.
+        return ids[1:] if len(ids) > 1 and ids[0] == self._boundary_piece else ids
+
+    def encode_text(self, texts: list[str], continuation: bool = False) -> list[list[int]]:
+        """User text to ids, batched, with special tokens split so that text can never become one.
+
+        ``continuation``: the texts continue a sequence (the tokenizer's word-boundary piece is dropped)."""
+        if not texts:
+            return []
+        ids = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if continuation and self._boundary_piece is not None:
+            ids = [
+                x[1:] if x[:1] == [self._boundary_piece] and not t.startswith(" ") else x
+                for t, x in zip(texts, ids)
+            ]
+        return ids
+
+    def _bos(self) -> list[int]:
+        bos = self.tokenizer.bos_token_id
+        return [] if bos is None else [bos]
+
+    def _frame(self) -> tuple[list[int], str, str, list[int], list[int]]:
+        """The template around a row: (ids before the problem, text joined before and after the problem
+        into one chunk, ids between the problem and the first step, ids after the last step)."""
+        c = self.convention
+        if c.template == QWEN_CHAT:
+            start, end = self._special_id("<|im_start|>"), self._special_id("<|im_end|>")
+            newline = self._cached("\n")
+            head = [start, *self._cached(f"system\n{c.system_prompt or ''}"), end, *newline, start]
+            mid = [end, *newline, start, *self._cached("assistant\n")]
+            return head, "user\n", "", mid, [end, *newline]
+        if c.template == PROBLEM_NEWLINE:
+            return self._bos(), "", "\n", [], []
+        if c.template in (QUESTION_SPACE, PLAIN):
+            return self._bos(), "", "", [], []
+        raise ValueError(f"unknown template {c.template!r}")
+
+    def _cached(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.encode_text([text], continuation=True)[0] if text else []
+        return self._cache[text]
+
+    # -- whole rows ---------------------------------------------------------------------------------------------
+
+    def __call__(
+        self, problems: Sequence[str], solutions: Sequence[Sequence[str]], first_row: int = 0
+    ) -> list[TokenizedSolution]:
+        """Tokenizes a batch of rows. ``first_row`` numbers the rows in error messages."""
+        if len(problems) != len(solutions):
+            raise ValueError(f"got {len(problems)} problems but {len(solutions)} solutions")
+        joiner = self.convention.step_joiner
+        first = " " if self.convention.template == QUESTION_SPACE else ""
+        step_texts = [(joiner if i else first) + step for steps in solutions for i, step in enumerate(steps)]
+        _, before, after, _, _ = self._frame()
+        problem_ids = self.encode_text([before + p + after for p in problems], continuation=bool(before))
+        step_ids = iter(self.encode_text(step_texts, continuation=True))
+        rows = []
+        for r, (pids, steps) in enumerate(zip(problem_ids, solutions)):
+            rows.append(self._assemble(pids, [next(step_ids) for _ in steps], first_row + r))
+        return rows
+
+    def _assemble(self, problem_ids: list[int], step_ids: list[list[int]], row: int) -> TokenizedSolution:
+        head, before, _, mid, tail = self._frame()
+        fixed = len(head) + len(mid) + len(tail)
+        keep = len(self._cached(before))  # template text inside the problem chunk is never truncated
+        step_lengths = [len(s) + len(self.separator_ids) for s in step_ids]
+        total = fixed + len(problem_ids) + sum(step_lengths)
+        dropped_prompt = dropped_steps = 0
+        if self.max_length is not None and total > self.max_length:
+            excess = total - self.max_length
+            if self.truncation == "left-truncate-prompt" and excess <= len(problem_ids) - keep:
+                dropped_prompt = excess
+                problem_ids = problem_ids[:keep] + problem_ids[keep + excess :]
+            elif self.truncation == "drop-steps":
+                while step_ids and total > self.max_length:
+                    total -= step_lengths[len(step_ids) - 1]
+                    step_ids = step_ids[:-1]
+                    dropped_steps += 1
+            if fixed + len(problem_ids) + sum(step_lengths[: len(step_ids)]) > self.max_length:
+                raise ValueError(
+                    f"row {row}: {fixed + len(problem_ids) + sum(step_lengths)} tokens exceed max_length="
+                    f"{self.max_length} (truncation={self.truncation!r}; choose 'left-truncate-prompt' or "
+                    f"'drop-steps' to keep going)"
+                )
+        ids = [*head, *problem_ids, *mid]
+        ends = []
+        for s in step_ids:
+            ids += s
+            ids += self.separator_ids
+            ends.append(len(ids) - 1)
+        ids += tail
+        return TokenizedSolution(ids, ends, dropped_prompt, dropped_steps)

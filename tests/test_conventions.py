@@ -1,0 +1,126 @@
+"""Each checkpoint convention: a tiny random checkpoint in that exact on-disk format, scored by fastprm and
+by a plain transformers implementation of the model card's published recipe."""
+
+from __future__ import annotations
+
+import torch
+
+import checkpoints as ck
+from fastprm.models import PRM
+
+PROBLEM = "Janet has 3 eggs and buys 2 more. How many eggs?"
+STEPS = ["Step 1: She starts with 3 eggs.", "Step 2: 3 + 2 = 5.", "Step 3: The answer is 5."]
+TOL = 1e-5
+
+
+def assert_close(fast, ref):
+    assert len(fast) == len(ref), (fast, ref)
+    torch.testing.assert_close(torch.tensor(fast), torch.tensor(ref, dtype=torch.float32), atol=TOL, rtol=0)
+
+
+def test_qwen25_math_prm(tmp_path):
+    backbone, head, tok = ck.write_qwen25_math_prm(tmp_path)
+    prm = PRM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert prm.convention.name == "qwen2.5-math-prm"
+    # The model card: ChatML conversation, <extra_0> after every step, softmax over 2 logits, class 1.
+    system = "Please reason step by step, and put your final answer within \\boxed{}."
+    conversation = (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{PROBLEM}<|im_end|>\n"
+        f"<|im_start|>assistant\n{'<extra_0>'.join(STEPS)}<extra_0><|im_end|>\n"
+    )
+    input_ids = tok.encode(conversation, return_tensors="pt")
+    with torch.no_grad():
+        logits = head(backbone(input_ids=input_ids).last_hidden_state)
+    mask = input_ids == tok.encode("<extra_0>")[0]
+    ref = torch.softmax(logits, -1)[mask][:, 1].tolist()
+
+    fast = prm.score([PROBLEM], [STEPS])[0]
+    assert_close(fast.step_scores, ref)
+    assert prm.score.__self__ is prm
+    rows = ck_tokenized(prm, [PROBLEM], [STEPS])
+    assert rows[0].input_ids == input_ids[0].tolist()  # identical token ids to the card's joined string
+
+
+def ck_tokenized(prm, problems, solutions):
+    from fastprm.tokenization import StepTokenizer
+
+    return StepTokenizer(prm.tokenizer, prm.convention)(problems, solutions)
+
+
+def test_math_shepherd(tmp_path):
+    model, tok = ck.write_math_shepherd(tmp_path)
+    prm = PRM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert prm.convention.name == "math-shepherd"
+    # The model card: f"{question} {output}", steps end with " ки", softmax over the logits of '+' and '-'.
+    candidate_tokens = tok.encode("+ -")[1:]
+    step_tag_id = tok.encode("ки")[-1]
+    assert (candidate_tokens, step_tag_id) == ([648, 387], 12902)
+    output = "\n".join(f"{s} ки" for s in STEPS)
+    input_id = torch.tensor([tok.encode(f"{PROBLEM} {output}")])
+    with torch.no_grad():
+        logits = model(input_id).logits[:, :, candidate_tokens]
+    ref = logits.softmax(dim=-1)[:, :, 0][input_id == step_tag_id].tolist()
+
+    fast = prm.score([PROBLEM], [STEPS])[0]
+    assert_close(fast.step_scores, ref)
+    assert ck_tokenized(prm, [PROBLEM], [STEPS])[0].input_ids == input_id[0].tolist()
+
+
+def test_token_classification_trl(tmp_path):
+    model, tok = ck.write_token_classification(tmp_path)
+    prm = PRM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert prm.convention.name == "token-classification"
+    # TRL's PRMTrainer tokenize_row: prompt ids, then each step's ids + the "\n" separator; label on its last token.
+    prompt_ids = tok(PROBLEM, add_special_tokens=False)["input_ids"]
+    sep = tok.encode("\n", add_special_tokens=False)
+    completions = [tok(s, add_special_tokens=False)["input_ids"] + sep for s in STEPS]
+    input_ids = prompt_ids + [t for c in completions for t in c]
+    label_pos, pos = [], len(prompt_ids)
+    for c in completions:
+        pos += len(c)
+        label_pos.append(pos - 1)
+    with torch.no_grad():
+        logits = model(torch.tensor([input_ids])).logits[0]
+    ref = torch.softmax(logits, -1)[label_pos, 1].tolist()
+
+    assert_close(prm.score([PROBLEM], [STEPS])[0].step_scores, ref)
+    assert ck_tokenized(prm, [PROBLEM], [STEPS])[0].input_ids == input_ids
+
+
+def test_value_head_skywork(tmp_path):
+    backbone, v_head, tok = ck.write_value_head(tmp_path)
+    prm = PRM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert prm.convention.name == "value-head"
+    # skywork-o1-prm-inference prepare_input: bos + problem + "\n", each step encoded alone + the "\n" id.
+    prompt_ids = tok.encode(tok.bos_token + PROBLEM + "\n")
+    step_token_id = tok.encode("\n")[-1]
+    input_ids, flags = list(prompt_ids), [0] * len(prompt_ids)
+    for step in STEPS:
+        ids = [*tok.encode(step), step_token_id]
+        input_ids += ids
+        flags += [0] * (len(ids) - 1) + [1]
+    with torch.no_grad():
+        values = v_head(backbone(input_ids=torch.tensor([input_ids])).last_hidden_state).squeeze(-1)[0]
+    ref = torch.sigmoid(values)[torch.tensor(flags) == 1].tolist()
+
+    assert_close(prm.score([PROBLEM], [STEPS])[0].step_scores, ref)
+    assert ck_tokenized(prm, [PROBLEM], [STEPS])[0].input_ids == input_ids
+
+
+def test_fastprm_format_round_trip(tmp_path):
+    ck.write_qwen25_math_prm(tmp_path / "src")
+    prm = PRM.from_pretrained(tmp_path / "src", dtype=torch.float32)
+    prm.save_pretrained(tmp_path / "own")
+    again = PRM.from_pretrained(tmp_path / "own", dtype=torch.float32)
+    assert again.convention == prm.convention.with_overrides(head_prefix="head")
+    a = prm.score([PROBLEM], [STEPS])[0].step_scores
+    b = again.score([PROBLEM], [STEPS])[0].step_scores
+    assert a == b
+
+
+def test_overrides(tmp_path):
+    ck.write_token_classification(tmp_path)
+    prm = PRM.from_pretrained(tmp_path, dtype=torch.float32, separator="\n\n", positive_class=0)
+    assert prm.convention.separator == "\n\n" and prm.convention.positive_class == 0
+    s = prm.score([PROBLEM], [STEPS])[0]
+    assert len(s.step_scores) == len(STEPS)
