@@ -124,3 +124,26 @@ def test_overrides(tmp_path):
     assert prm.convention.separator == "\n\n" and prm.convention.positive_class == 0
     s = prm.score([PROBLEM], [STEPS])[0]
     assert len(s.step_scores) == len(STEPS)
+
+
+def test_save_in_original_layout_round_trips(tmp_path):
+    for name, writer in [
+        ("qwen2.5-math-prm", ck.write_qwen25_math_prm),
+        ("token-classification", ck.write_token_classification),
+        ("value-head", ck.write_value_head),
+    ]:
+        writer(tmp_path / name)
+        prm = PRM.from_pretrained(tmp_path / name, dtype=torch.float32)
+        prm.save_pretrained(tmp_path / f"{name}-out", format="original")
+        again = PRM.from_pretrained(tmp_path / f"{name}-out", dtype=torch.float32)
+        assert again.convention.name == name
+        assert again.score([PROBLEM], [STEPS])[0].step_scores == prm.score([PROBLEM], [STEPS])[0].step_scores
+
+
+def test_lm_pair_head_cannot_be_written_in_an_original_layout(tmp_path):
+    import pytest
+
+    ck.write_math_shepherd(tmp_path / "ms")
+    prm = PRM.from_pretrained(tmp_path / "ms", dtype=torch.float32)
+    with pytest.raises(ValueError, match="fastprm format"):
+        prm.save_pretrained(tmp_path / "out", format="original")

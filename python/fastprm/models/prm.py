@@ -93,22 +93,41 @@ class PRM(nn.Module):
         model = cls(backbone, head.to(dtype), conv, tokenizer).to(device)
         return model.eval()
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Writes fastprm's own format: backbone (``model.*``) and head (``head.*``) in safetensors, the
-        backbone config, the tokenizer and ``fastprm_config.json`` (head kind, separator, template, ...)."""
+    def save_pretrained(self, path: str | Path, format: str = "fastprm") -> None:
+        """Writes the model as a checkpoint directory.
+
+        ``format="fastprm"``: backbone (``model.*``) and head (``head.*``) in safetensors, the backbone config,
+        the tokenizer and ``fastprm_config.json`` (head kind, separator, template, positive class).
+        ``format="original"``: the on-disk layout of the convention's own family (Qwen2.5-Math-PRM
+        ``score.0`` / ``score.2``, token-classification ``score``, value-head ``v_head.summary``), loadable
+        with ``convention="auto"`` and by the family's own code.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.backbone.config.save_pretrained(path)
+        config = self.backbone.config
         tensors = {f"model.{k}": v for k, v in self.backbone.state_dict().items()}
-        tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path / "model.safetensors")
+        if format == "fastprm":
+            tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
+            own = {
+                "convention": {**self.convention.to_json(), "head_prefix": "head"},
+                "num_classes": self.num_classes,
+            }
+            (path / FASTPRM_CONFIG).write_text(json.dumps(own, indent=2) + "\n")
+        elif format == "original":
+            prefix, architecture, names = _original_layout(self.convention, self.num_classes)
+            tensors.update({f"{prefix}.{names.get(k, k)}": v for k, v in self.head.state_dict().items()})
+            config.architectures = [type(self.backbone).__name__.removesuffix("Model") + architecture]
+            config.num_labels = self.num_classes
+        else:
+            raise ValueError(f"format must be 'fastprm' or 'original', got {format!r}")
+        config.save_pretrained(path)
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+            path / "model.safetensors",
+            metadata={"format": "pt"},
+        )
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
-        own = {
-            "convention": {**self.convention.to_json(), "head_prefix": "head"},
-            "num_classes": self.num_classes,
-        }
-        (path / FASTPRM_CONFIG).write_text(json.dumps(own, indent=2) + "\n")
 
     @property
     def num_classes(self) -> int:
@@ -145,6 +164,30 @@ class PRM(nn.Module):
         return Scorer(self, **{k: kwargs.pop(k) for k in list(kwargs) if k in Scorer.OPTIONS}).score(
             problems, solutions, **kwargs
         )
+
+
+def _original_layout(convention: Convention, num_classes: int) -> tuple[str, str, dict[str, str]]:
+    """(head prefix, architecture suffix, head-parameter renames) of a family's own checkpoints."""
+    linear = {"out.weight": "weight", "out.bias": "bias"}
+    if convention.head == MLP:
+        return (
+            "score",
+            "ForProcessRewardModel",
+            {
+                "hidden.weight": "0.weight",
+                "hidden.bias": "0.bias",
+                "out.weight": "2.weight",
+                "out.bias": "2.bias",
+            },
+        )
+    if convention.head == LINEAR and num_classes == 2:
+        return "score", "ForTokenClassification", linear
+    if convention.head == LINEAR and num_classes == 1:
+        return "v_head.summary", "ForPrmModel", linear
+    raise ValueError(
+        f"the {convention.name} convention has no original layout fastprm can write: its head is two rows of "
+        "the LM head; save in the fastprm format instead"
+    )
 
 
 def _load_head(path: Path, conv: Convention, hidden_size: int, tokenizer) -> nn.Module:

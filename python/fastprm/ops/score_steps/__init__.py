@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import cpu, cuda, schema  # noqa: F401  (registers the ops and their kernels)
+from . import cpu, cuda, schema  # noqa: F401  (cuda registers its kernels on import)
 from .naive import score_steps_reference
 from .result import StepScores
 
@@ -70,7 +70,13 @@ def find_steps(
     _check_tensor(cu_seqlens, "cu_seqlens", 1, _INDEX_DTYPES, device)
     _require(cu_seqlens.shape[0] >= 1, "cu_seqlens must have at least one element (it is [B + 1])")
     seps = _separator_tensor(sep_token_ids, device)
+    if _eager_cpu(device):
+        return cpu.find_steps(input_ids, cu_seqlens, seps)
     return torch.ops.fastprm.find_steps(input_ids, cu_seqlens, seps)
+
+
+def _eager_cpu(device: torch.device) -> bool:
+    return device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def score_steps(
@@ -152,7 +158,9 @@ def score_steps(
         _require(cu_steps.shape[0] >= 1, "cu_steps must have at least one element (it is [B + 1])")
         step_index, cu_steps = step_index.to(torch.int64), cu_steps.to(torch.int64)
 
-    outputs = torch.ops.fastprm.score_steps_forward(
-        hidden, weight, bias, step_index, cu_steps, int(positive_class), float(threshold)
-    )
+    args = (hidden, weight, bias, step_index, cu_steps, int(positive_class), float(threshold))
+    if _eager_cpu(device):
+        outputs = schema.EagerCPUForward.apply(*args)
+    else:
+        outputs = torch.ops.fastprm.score_steps_forward(*args)
     return StepScores.from_op_outputs(outputs, step_index, cu_steps)

@@ -20,7 +20,6 @@ def _view(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-@torch.library.register_kernel("fastprm::find_steps", "cpu")
 def find_steps(input_ids, cu_seqlens, sep_token_ids):
     if native is None:
         return find_steps_reference(input_ids, cu_seqlens, sep_token_ids)
@@ -36,7 +35,6 @@ def find_steps(input_ids, cu_seqlens, sep_token_ids):
     return step_index, cu_steps
 
 
-@torch.library.register_kernel("fastprm::score_steps_forward", "cpu")
 def score_steps_forward(hidden, weight, bias, step_index, cu_steps, positive_class, threshold):
     if native is None:
         check_steps(step_index, cu_steps, hidden.shape[0])
@@ -64,7 +62,6 @@ def score_steps_forward(hidden, weight, bias, step_index, cu_steps, positive_cla
     return outputs
 
 
-@torch.library.register_kernel("fastprm::score_steps_backward", "cpu")
 def score_steps_backward(grad_step_logits, hidden, weight, step_index):
     if native is None:
         return reference_backward(grad_step_logits, hidden, weight, step_index)
@@ -84,3 +81,8 @@ def score_steps_backward(grad_step_logits, hidden, weight, step_index):
         _view(grad_bias),
     )
     return grad_hidden, grad_weight, grad_bias
+
+
+torch.library.register_kernel("fastprm::find_steps", "cpu", find_steps)
+torch.library.register_kernel("fastprm::score_steps_forward", "cpu", score_steps_forward)
+torch.library.register_kernel("fastprm::score_steps_backward", "cpu", score_steps_backward)

@@ -65,7 +65,7 @@ def _backward_fake(grad_step_logits, hidden, weight, step_index):
     )
 
 
-def _setup_context(ctx, inputs, output):
+def setup_context(ctx, inputs, output):
     hidden, weight, bias, step_index, cu_steps, positive_class, _threshold = inputs
     step_logits, step_probs, *_, argmin = output
     ctx.save_for_backward(hidden, weight, step_index, cu_steps, step_logits, step_probs, argmin)
@@ -74,7 +74,7 @@ def _setup_context(ctx, inputs, output):
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
-def _backward(ctx, g_logits, g_probs, g_min, g_log_prod, g_mean, g_last, _g_first_error, _g_argmin):
+def backward(ctx, g_logits, g_probs, g_min, g_log_prod, g_mean, g_last, _g_first_error, _g_argmin):
     hidden, weight, step_index, cu_steps, step_logits, step_probs, argmin = ctx.saved_tensors
     grad_step_logits = step_logit_grad(
         step_logits, step_probs, cu_steps, argmin, ctx.positive_class,
@@ -94,4 +94,23 @@ def _backward(ctx, g_logits, g_probs, g_min, g_log_prod, g_mean, g_last, _g_firs
     )
 
 
-torch.library.register_autograd("fastprm::score_steps_forward", _backward, setup_context=_setup_context)
+torch.library.register_autograd("fastprm::score_steps_forward", backward, setup_context=setup_context)
+
+
+class EagerCPUForward(torch.autograd.Function):
+    """The same forward and autograd for eager CPU calls, without the dispatcher round trip (which costs
+    more than the kernel on small batches). torch.compile always goes through the registered op."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, step_index, cu_steps, positive_class, threshold):
+        from .cpu import score_steps_forward
+
+        inputs = (hidden, weight, bias, step_index, cu_steps, positive_class, threshold)
+        output = score_steps_forward(*inputs)
+        setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[6], output[7])
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return backward(ctx, *grads)
