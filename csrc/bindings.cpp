@@ -76,30 +76,29 @@ Rows rows(const py::array& a, int dtype_code) {
           a.strides(1) / static_cast<int64_t>(es), dt};
 }
 
-py::array find_steps_counts(const py::array& ids, const py::array& cu, const py::array& seps) {
+// Returns (step_index [K], cu_steps [B + 1]) as new int64 arrays: count, prefix-sum, fill, in one call.
+py::tuple find_steps(const py::array& ids, const py::array& cu, const py::array& seps) {
   const IntArray input_ids = int_array(ids, "input_ids"), cu_seqlens = int_array(cu, "cu_seqlens");
   const int64_t B = cu_seqlens.size - 1;
   require(B >= 0, "cu_seqlens must have at least one element (it is [B + 1])");
   const int64_t* sep = const_ptr<int64_t>(seps, "sep_token_ids", seps.size());
-  py::array_t<int64_t> counts(B);
+  py::array_t<int64_t> cu_steps(B + 1);
+  int64_t* cs = cu_steps.mutable_data();
   std::string err;
   {
     py::gil_scoped_release release;
-    err = count_steps(input_ids, cu_seqlens, sep, seps.size(), counts.mutable_data());
+    err = count_steps(input_ids, cu_seqlens, sep, seps.size(), cs + 1);
   }
   require(err.empty(), err);
-  return counts;
-}
-
-void find_steps_fill(const py::array& ids, const py::array& cu, const py::array& seps, const py::array& cu_steps,
-                     py::array& step_index) {
-  const IntArray input_ids = int_array(ids, "input_ids"), cu_seqlens = int_array(cu, "cu_seqlens");
-  const int64_t B = cu_seqlens.size - 1;
-  const int64_t* cs = const_ptr<int64_t>(cu_steps, "cu_steps", B + 1);
-  int64_t* out = mutable_ptr<int64_t>(step_index, "step_index", cs[B]);
-  const int64_t* sep = const_ptr<int64_t>(seps, "sep_token_ids", seps.size());
-  py::gil_scoped_release release;
-  fill_steps(input_ids, cu_seqlens, sep, seps.size(), cs, out);
+  cs[0] = 0;
+  for (int64_t b = 0; b < B; ++b) cs[b + 1] += cs[b];
+  py::array_t<int64_t> step_index(cs[B]);
+  int64_t* out = step_index.mutable_data();
+  {
+    py::gil_scoped_release release;
+    fill_steps(input_ids, cu_seqlens, sep, seps.size(), cs, out);
+  }
+  return py::make_tuple(step_index, cu_steps);
 }
 
 void check_steps(const py::array& step_index, const py::array& cu_steps, int64_t n_rows) {
@@ -110,11 +109,12 @@ void check_steps(const py::array& step_index, const py::array& cu_steps, int64_t
   require(err.empty(), err);
 }
 
+// Outputs arrive as two buffers: floats = [logits K*C | probs K | min B | log_prod B | mean B | last B] and
+// ints = [first_error B | argmin B].
 template <class Acc>
 void forward(const py::array& hidden, int dtype_code, const py::array& weight, const py::object& bias,
              const py::array& step_index, const py::array& cu_steps, int positive_class, double threshold,
-             py::array& logits, py::array& probs, py::array& min, py::array& log_prod, py::array& mean,
-             py::array& last, py::array& first_error, py::array& argmin) {
+             py::array& floats, py::array& ints) {
   const Rows h = rows(hidden, dtype_code);
   check_steps(step_index, cu_steps, h.n);
   const int64_t K = step_index.size(), B = cu_steps.size() - 1;
@@ -123,14 +123,10 @@ void forward(const py::array& hidden, int dtype_code, const py::array& weight, c
   const int C = static_cast<int>(weight.shape(0));
   const Acc* w = const_ptr<Acc>(weight, "weight", C * h.h);
   const Acc* b = bias.is_none() ? nullptr : const_ptr<Acc>(bias.cast<py::array>(), "bias", C);
-  const ForwardOut<Acc> out{mutable_ptr<Acc>(logits, "step_logits", K * C),
-                            mutable_ptr<Acc>(probs, "step_probs", K),
-                            mutable_ptr<Acc>(min, "min", B),
-                            mutable_ptr<Acc>(log_prod, "log_prod", B),
-                            mutable_ptr<Acc>(mean, "mean", B),
-                            mutable_ptr<Acc>(last, "last", B),
-                            mutable_ptr<int64_t>(first_error, "first_error", B),
-                            mutable_ptr<int64_t>(argmin, "argmin", B)};
+  Acc* f = mutable_ptr<Acc>(floats, "float outputs", K * C + K + 4 * B);
+  int64_t* i = mutable_ptr<int64_t>(ints, "int outputs", 2 * B);
+  const ForwardOut<Acc> out{f, f + K * C, f + K * C + K, f + K * C + K + B, f + K * C + K + 2 * B,
+                            f + K * C + K + 3 * B, i, i + B};
   const int64_t* si = const_ptr<int64_t>(step_index, "step_index", K);
   const int64_t* cs = const_ptr<int64_t>(cu_steps, "cu_steps", B + 1);
   py::gil_scoped_release release;
@@ -168,10 +164,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("available_isas", &available_isas, "ISAs this CPU can run, best last");
   m.def("set_isa", &set_isa, py::arg("name"), "Force the ISA used by every kernel (as FASTPRM_CPU_ISA does)");
   m.def("selected_isa", [] { return std::string(isa_name(g_isa)); });
-  m.def("find_steps_counts", &find_steps_counts, py::arg("input_ids"), py::arg("cu_seqlens"),
-        py::arg("sep_token_ids"));
-  m.def("find_steps_fill", &find_steps_fill, py::arg("input_ids"), py::arg("cu_seqlens"), py::arg("sep_token_ids"),
-        py::arg("cu_steps"), py::arg("step_index"));
+  m.def("find_steps", &find_steps, py::arg("input_ids"), py::arg("cu_seqlens"), py::arg("sep_token_ids"));
   m.def("check_steps", &check_steps, py::arg("step_index"), py::arg("cu_steps"), py::arg("n_rows"));
   m.def("score_forward_f32", &forward<float>);
   m.def("score_forward_f64", &forward<double>);

@@ -27,15 +27,25 @@ def _require(ok: bool, message: str) -> None:
 
 
 def _check_tensor(t, name: str, ndim: int, dtypes: tuple[torch.dtype, ...], device: torch.device) -> None:
-    _require(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    _require(t.dim() == ndim, f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
-    _require(t.dtype in dtypes, f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
-    _require(t.device == device, f"{name} is on {t.device} but hidden is on {device}")
+    # Messages are built only on failure: this runs on every call.
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but hidden is on {device}")
+
+
+def _as_int64(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.int64 else t.to(torch.int64)
+
+
+_separator_cache: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
 
 
 def _separator_tensor(sep_token_ids, device: torch.device) -> torch.Tensor:
-    if isinstance(sep_token_ids, int):
-        sep_token_ids = [sep_token_ids]
     if isinstance(sep_token_ids, torch.Tensor):
         _require(
             sep_token_ids.dim() <= 1 and sep_token_ids.dtype in _INDEX_DTYPES,
@@ -43,11 +53,15 @@ def _separator_tensor(sep_token_ids, device: torch.device) -> torch.Tensor:
         )
         seps = sep_token_ids.reshape(-1).to(device=device, dtype=torch.int64)
     else:
+        ids = (sep_token_ids,) if isinstance(sep_token_ids, int) else sep_token_ids
         _require(
-            isinstance(sep_token_ids, Sequence) and all(isinstance(s, int) for s in sep_token_ids),
+            isinstance(ids, Sequence) and not isinstance(ids, str) and all(isinstance(s, int) for s in ids),
             "sep_token_ids must be an int, a sequence of ints or a 1-D integer tensor",
         )
-        seps = torch.tensor(list(sep_token_ids), dtype=torch.int64, device=device)
+        key = (tuple(ids), device)
+        if key not in _separator_cache:  # the same few separators on every call: build their tensor once
+            _separator_cache[key] = torch.tensor(list(ids), dtype=torch.int64, device=device)
+        seps = _separator_cache[key]
     _require(seps.numel() > 0, "sep_token_ids must name at least one separator id")
     return seps
 
@@ -156,7 +170,7 @@ def score_steps(
         _check_tensor(step_index, "step_index", 1, _INDEX_DTYPES, device)
         _check_tensor(cu_steps, "cu_steps", 1, _INDEX_DTYPES, device)
         _require(cu_steps.shape[0] >= 1, "cu_steps must have at least one element (it is [B + 1])")
-        step_index, cu_steps = step_index.to(torch.int64), cu_steps.to(torch.int64)
+        step_index, cu_steps = _as_int64(step_index), _as_int64(cu_steps)
 
     args = (hidden, weight, bias, step_index, cu_steps, int(positive_class), float(threshold))
     if _eager_cpu(device):

@@ -13,6 +13,11 @@ from .schema import accumulator_dtype
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Contiguous ``t`` in ``dtype``, without a copy when it already is."""
+    return (t if t.dtype == dtype else t.to(dtype)).contiguous()
+
+
 def _view(t: torch.Tensor) -> np.ndarray:
     """Zero-copy NumPy view; 16-bit floats travel as int16 words."""
     if t.dtype in (torch.bfloat16, torch.float16):
@@ -23,16 +28,10 @@ def _view(t: torch.Tensor) -> np.ndarray:
 def find_steps(input_ids, cu_seqlens, sep_token_ids):
     if native is None:
         return find_steps_reference(input_ids, cu_seqlens, sep_token_ids)
-    input_ids, cu_seqlens = input_ids.contiguous(), cu_seqlens.contiguous()
-    seps = sep_token_ids.to(torch.int64).contiguous()
-    counts = torch.from_numpy(native.find_steps_counts(_view(input_ids), _view(cu_seqlens), _view(seps)))
-    cu_steps = torch.zeros(cu_seqlens.shape[0], dtype=torch.int64)
-    torch.cumsum(counts, 0, out=cu_steps[1:])
-    step_index = empty(int(cu_steps[-1]), dtype=torch.int64, device="cpu")
-    native.find_steps_fill(
-        _view(input_ids), _view(cu_seqlens), _view(seps), _view(cu_steps), _view(step_index)
+    step_index, cu_steps = native.find_steps(
+        _view(input_ids.contiguous()), _view(cu_seqlens.contiguous()), _view(_as(sep_token_ids, torch.int64))
     )
-    return step_index, cu_steps
+    return torch.from_numpy(step_index), torch.from_numpy(cu_steps)
 
 
 def score_steps_forward(hidden, weight, bias, step_index, cu_steps, positive_class, threshold):
@@ -41,25 +40,29 @@ def score_steps_forward(hidden, weight, bias, step_index, cu_steps, positive_cla
         return reference_forward(hidden, weight, bias, step_index, cu_steps, positive_class, threshold)
     acc = accumulator_dtype(hidden.dtype)
     K, B, C = step_index.shape[0], cu_steps.shape[0] - 1, weight.shape[0]
-    outputs = (
-        empty(K, C, dtype=acc, device="cpu"),
-        *(empty(n, dtype=acc, device="cpu") for n in (K, B, B, B, B)),
-        empty(B, dtype=torch.int64, device="cpu"),
-        empty(B, dtype=torch.int64, device="cpu"),
-    )
+    # Two buffers for the eight outputs (allocation and the NumPy hand-over cost more than small kernels).
+    floats = empty(K * C + K + 4 * B, dtype=acc, device="cpu")
+    ints = empty(2 * B, dtype=torch.int64, device="cpu")
     forward = native.score_forward_f64 if acc == torch.float64 else native.score_forward_f32
     forward(
         _view(hidden),
         _DTYPE_CODES[hidden.dtype],
-        _view(weight.to(acc).contiguous()),
-        None if bias is None else _view(bias.to(acc).contiguous()),
+        _view(_as(weight, acc)),
+        None if bias is None else _view(_as(bias, acc)),
         _view(step_index.contiguous()),
         _view(cu_steps.contiguous()),
         positive_class,
         threshold,
-        *(_view(o) for o in outputs),
+        _view(floats),
+        _view(ints),
     )
-    return outputs
+    step_logits, step_probs, per_sequence = floats.split([K * C, K, 4 * B])
+    return (
+        step_logits.view(K, C),
+        step_probs,
+        *per_sequence.view(4, B).unbind(0),
+        *ints.view(2, B).unbind(0),
+    )
 
 
 def score_steps_backward(grad_step_logits, hidden, weight, step_index):
@@ -73,8 +76,8 @@ def score_steps_backward(grad_step_logits, hidden, weight, step_index):
     backward(
         _view(hidden),
         _DTYPE_CODES[hidden.dtype],
-        _view(weight.to(acc).contiguous()),
-        _view(grad_step_logits.to(acc).contiguous()),
+        _view(_as(weight, acc)),
+        _view(_as(grad_step_logits, acc)),
         _view(step_index.contiguous()),
         _view(grad_hidden),
         _view(grad_weight),
@@ -84,5 +87,10 @@ def score_steps_backward(grad_step_logits, hidden, weight, step_index):
 
 
 torch.library.register_kernel("fastprm::find_steps", "cpu", find_steps)
-torch.library.register_kernel("fastprm::score_steps_forward", "cpu", score_steps_forward)
+torch.library.register_kernel(
+    "fastprm::score_steps_forward",
+    "cpu",
+    # Outputs of a registered op may not alias each other: give each its own storage there.
+    lambda *args: tuple(t.clone() for t in score_steps_forward(*args)),
+)
 torch.library.register_kernel("fastprm::score_steps_backward", "cpu", score_steps_backward)
