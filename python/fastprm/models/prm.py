@@ -157,6 +157,21 @@ class PRM(nn.Module):
             threshold=threshold,
         )
 
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        step_index: torch.Tensor,
+        cu_steps: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training forward: [B, T] ids -> (step_logits [K, C], step_probs [K]) for the given step rows.
+
+        ``step_index`` holds flat rows of the [B * T] hidden states; no per-token logits are computed.
+        """
+        hidden = self.hidden_states(input_ids, attention_mask)
+        scores = self.score_hidden(hidden.reshape(-1, hidden.shape[-1]), step_index, cu_steps)
+        return scores.step_logits, scores.step_probs
+
     def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]], **kwargs):
         """Scores solutions step by step; see :class:`fastprm.scoring.Scorer` for the options."""
         from ..scoring import Scorer

@@ -1,0 +1,82 @@
+"""PRM training: loss goes down, checkpoints resume exactly, 2 gloo processes match 1 process, the trained
+model scores with `fastprm score`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoints as ck
+
+SCRIPT = Path(__file__).parent / "train_script.py"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prm")
+    ck.write_qwen25_math_prm(path)
+    return path
+
+
+def train(model_dir, out, *extra, torchrun: int = 0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if torchrun:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={torchrun}",
+            "--master_port=29517",
+            str(SCRIPT),
+        ]
+    else:
+        cmd = [sys.executable, str(SCRIPT)]
+    subprocess.run(
+        [*cmd, "--model", str(model_dir), "--out", str(out), *extra], check=True, env=env, capture_output=True
+    )
+    return torch.load(Path(out) / "params.pt"), torch.load(Path(out) / "losses.pt")
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_loss_decreases_and_model_saves_in_fastprm_format(model_dir, tmp_path):
+    from fastprm.models import PRM
+
+    params, losses = train(model_dir, tmp_path / "run", "--steps", "8")
+    assert losses[-1] < losses[0]
+    prm = PRM.from_pretrained(tmp_path / "run", dtype=torch.float32)  # the final save is fastprm's format
+    assert prm.convention.name == "qwen2.5-math-prm"
+    assert len(prm.score(["What is 2 + 3?"], [["2 + 3 = 5.", "The answer is 5."]])[0].step_scores) == 2
+
+
+def test_resume_is_exact(model_dir, tmp_path):
+    straight, _ = train(model_dir, tmp_path / "straight", "--steps", "6")
+    train(model_dir, tmp_path / "resumed", "--steps", "6", "--save-steps", "3")
+    resumed, _ = train(
+        model_dir,
+        tmp_path / "resumed",
+        "--steps",
+        "6",
+        "--resume",
+        str(tmp_path / "resumed" / "checkpoint-3"),
+    )
+    assert (tmp_path / "resumed" / "steps_run.txt").read_text() == "3"  # steps 4-6 only
+    assert max_diff(straight, resumed) == 0.0
+
+
+def test_two_gloo_processes_match_one_process(model_dir, tmp_path):
+    one, _ = train(model_dir, tmp_path / "one", "--per-device-batch", "4", "--steps", "3")
+    two, _ = train(model_dir, tmp_path / "two", "--per-device-batch", "2", "--steps", "3", torchrun=2)
+    assert max_diff(one, two) <= 1e-5
+
+
+def test_token_budget_batches(model_dir, tmp_path):
+    _, losses = train(model_dir, tmp_path / "budget", "--batch-tokens", "400", "--steps", "4")
+    assert len(losses) == 4
