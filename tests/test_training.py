@@ -49,7 +49,7 @@ def max_diff(a: dict, b: dict) -> float:
 def test_loss_decreases_and_model_saves_in_fastprm_format(model_dir, tmp_path):
     from fastprm.models import PRM
 
-    params, losses = train(model_dir, tmp_path / "run", "--steps", "8")
+    _, losses = train(model_dir, tmp_path / "run", "--steps", "8")
     assert losses[-1] < losses[0]
     prm = PRM.from_pretrained(tmp_path / "run", dtype=torch.float32)  # the final save is fastprm's format
     assert prm.convention.name == "qwen2.5-math-prm"

@@ -12,10 +12,10 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fastprm.data.formats import StepExample  # noqa: E402
-from fastprm.models import PRM  # noqa: E402
-from fastprm.tokenization import StepTokenizer  # noqa: E402
-from fastprm.training import PRMTrainer, PRMTrainingArguments, StepDataset  # noqa: E402
+from fastprm.data.formats import StepExample
+from fastprm.models import PRM
+from fastprm.tokenization import StepTokenizer
+from fastprm.training import PRMTrainer, PRMTrainingArguments, StepDataset
 
 
 def examples(n: int) -> list[StepExample]:
