@@ -80,3 +80,68 @@ def test_two_gloo_processes_match_one_process(model_dir, tmp_path):
 def test_token_budget_batches(model_dir, tmp_path):
     _, losses = train(model_dir, tmp_path / "budget", "--batch-tokens", "400", "--steps", "4")
     assert len(losses) == 4
+
+
+def test_train_cli_from_a_new_model_config_then_score(tmp_path):
+    import json
+
+    from fastprm.cli import main
+
+    tok = ck.qwen_tokenizer(tmp_path / "tok")
+    backbone = ck.tiny_qwen2_config(len(tok)).to_dict()
+    spec = {"backbone": backbone, "tokenizer": str(tmp_path / "tok"), "convention": "token-classification"}
+    (tmp_path / "model.json").write_text(json.dumps(spec))
+    rows = [
+        {
+            "prompt": f"What is {i} + 1?",
+            "completions": [f"{i} + 1 = {i + 1}.", f"The answer is {i + 1}."],
+            "labels": [True, i % 2 == 0],
+        }
+        for i in range(12)
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "trained"
+    args = [
+        "train",
+        "--model",
+        str(tmp_path / "model.json"),
+        "--data",
+        str(tmp_path / "train.jsonl"),
+        "--eval",
+        str(tmp_path / "train.jsonl"),
+    ]
+    assert (
+        main(
+            [
+                *args,
+                "--output",
+                str(out),
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--lr",
+                "1e-3",
+                "--eval-steps",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "score",
+                "--model",
+                str(out),
+                "--input",
+                str(tmp_path / "train.jsonl"),
+                "--output",
+                str(tmp_path / "s.jsonl"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    scored = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(scored) == 12 and all(len(r["scores"]["step_scores"]) == 2 for r in scored)

@@ -8,6 +8,8 @@ import json
 import sys
 import time
 
+from .train_cli import add_train_command
+
 DEFAULT_SPLIT = r"\n\n"
 
 
@@ -122,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--device", default=None)
     score.add_argument("--quiet", action="store_true")
     score.set_defaults(func=_score)
+    add_train_command(sub)
     return parser
 
 

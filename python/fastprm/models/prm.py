@@ -13,7 +13,7 @@ from torch import nn
 from .. import _native
 from ..ops import StepScores, score_steps
 from .checkpoint import read_tensors, tensor_names
-from .conventions import FASTPRM_CONFIG, LINEAR, LM_PAIR, MLP, Convention, get_convention
+from .conventions import CONVENTIONS, FASTPRM_CONFIG, LINEAR, LM_PAIR, MLP, Convention, get_convention
 from .heads import build_head
 
 
@@ -92,6 +92,36 @@ class PRM(nn.Module):
         head = _load_head(path, conv, config.hidden_size, tokenizer)
         model = cls(backbone, head.to(dtype), conv, tokenizer).to(device)
         return model.eval()
+
+    @classmethod
+    def from_config(
+        cls,
+        backbone_config: dict,
+        tokenizer,
+        convention: str | Convention = "token-classification",
+        num_classes: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> PRM:
+        """A new PRM with random weights (training from scratch).
+
+        Args:
+            backbone_config: a transformers config as a dict with its ``model_type`` (e.g. ``qwen2``).
+            tokenizer: a tokenizer object or a directory to load one from.
+            convention: a built-in convention name or a :class:`Convention`.
+            num_classes: head outputs; default 1 for a value head, else 2.
+        """
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        conv = CONVENTIONS[convention] if isinstance(convention, str) else convention
+        if isinstance(tokenizer, (str, Path)):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        fields = dict(backbone_config)
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        backbone = AutoModel.from_config(config, dtype=dtype)
+        if num_classes is None:
+            num_classes = 1 if conv.name == "value-head" else 2
+        head = build_head(conv, config.hidden_size, num_classes).to(dtype)
+        return cls(backbone, head, conv, tokenizer)
 
     def save_pretrained(self, path: str | Path, format: str = "fastprm") -> None:
         """Writes the model as a checkpoint directory.
