@@ -2,6 +2,9 @@ import os
 
 # Kernel outputs allocated with torch.empty are NaN-filled so that an element a kernel forgets is caught.
 os.environ.setdefault("FASTPRM_NAN_FILL_OUTPUTS", "1")
+# Triton kernels run in the interpreter (no GPU here). Set before anything can import triton: transformers,
+# accelerate or torch.compile may import it long before the Triton tests run.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 

@@ -8,6 +8,7 @@ import json
 import sys
 import time
 
+from .eval_cli import add_eval_commands
 from .train_cli import add_train_command
 
 DEFAULT_SPLIT = r"\n\n"
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--quiet", action="store_true")
     score.set_defaults(func=_score)
     add_train_command(sub)
+    add_eval_commands(sub)
     return parser
 
 

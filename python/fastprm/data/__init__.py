@@ -5,8 +5,9 @@ from .formats import (
     RecordDropped,
     StepExample,
     from_math_shepherd,
-    from_processbench,
     from_prm800k,
+    from_prm800k_critic,
+    from_processbench,
     from_trl,
 )
 from .loading import FORMAT_COLUMNS, LoadResult, detect_format, load_step_examples
@@ -18,8 +19,9 @@ __all__ = [
     "StepExample",
     "detect_format",
     "from_math_shepherd",
-    "from_processbench",
     "from_prm800k",
+    "from_prm800k_critic",
+    "from_processbench",
     "from_trl",
     "load_step_examples",
 ]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 NEUTRAL_POLICIES = ("positive", "negative", "skip")
 AFTER_ERROR_POLICIES = ("negative", "truncate")
@@ -85,14 +85,15 @@ def _field(row: Mapping, name: str, kind: type | tuple[type, ...]) -> Any:
 
 
 def from_trl(row: Mapping, source_row: int) -> StepExample:
-    """TRL stepwise-supervision row: ``prompt``, ``completions`` (the steps), ``labels`` (bool, int or float)."""
+    """TRL stepwise-supervision row: ``prompt``, ``completions`` (the steps), ``labels`` (bools, ints or
+    floats; soft floats stay as they are)."""
     return StepExample(
         _field(row, "prompt", str), _field(row, "completions", list), _field(row, "labels", list), source_row
     )
 
 
 def from_processbench(row: Mapping, source_row: int, after_error: str = "negative") -> StepExample:
-    """ProcessBench row: ``problem``, ``steps``, ``label`` = 0-based index of the first wrong step, -1 if none.
+    """ProcessBench row: ``problem``, ``steps``, ``label`` = 0-based index of the first wrong step (-1: none).
 
     Steps before the first error are labelled 1 and the first error 0. The steps after it were never judged:
     ``after_error="negative"`` labels them 0 (a "stop at the first error" loss ignores them anyway) and
@@ -113,8 +114,8 @@ def from_processbench(row: Mapping, source_row: int, after_error: str = "negativ
 
 
 def from_math_shepherd(row: Mapping, source_row: int) -> StepExample:
-    """Math-Shepherd row: ``input`` = question + steps, each step ending in the tag 'ки'; ``label`` = the same
-    text with each tag replaced by '+' (good) or '-' (bad).
+    """Math-Shepherd row: ``input`` = question + steps, each step ending in the tag 'ки'; ``label`` = the
+    same text with each tag replaced by '+' (good) or '-' (bad).
 
     The question is the text before the "Step 1:" that opens the first tagged step (searched backwards from
     the first tag, so a question that itself mentions "Step 1:" stays whole). Steps keep their "Step k:"
@@ -153,6 +154,24 @@ def from_math_shepherd(row: Mapping, source_row: int) -> StepExample:
 # Label of each PRM800K rating; a neutral (0) rating is labelled by the policy, None meaning "leave out".
 _RATING_LABELS = {1: 1.0, -1: 0.0}
 _NEUTRAL_LABELS = {"positive": 1.0, "negative": 0.0, "skip": None}
+# Raw PRM800K keeps a final step's answer in its text under this heading; the denormalised rows split it off.
+PRM800K_ANSWER_HEADING = "\n\n# Answer\n\n"
+
+
+def _rating_label(rating: Any, neutral: str, what: str) -> float | None:
+    """The label of a PRM800K rating (-1, 0 or +1); None when ``neutral="skip"`` leaves a 0 out."""
+    if isinstance(rating, bool) or rating not in (-1, 0, 1):
+        raise ValueError(f"{what} is rated {rating!r}, not -1, 0 or 1")
+    return _RATING_LABELS[rating] if rating else _NEUTRAL_LABELS[neutral]
+
+
+class _Followed(NamedTuple):
+    """The step a PRM800K labeller followed: a completion (``index``) or their own step (``index`` None)."""
+
+    index: int | None
+    text: str
+    rating: int
+    ends: bool  # the trajectory stops after it
 
 
 def from_prm800k(
@@ -161,23 +180,27 @@ def from_prm800k(
     neutral: str = "positive",
     skip_flagged: bool = True,
     skip_screening: bool = True,
-) -> StepExample:
-    """Raw PRM800K record (phase 1 or 2): the labelled trajectory, one step per entry of ``label.steps``.
+    alternatives: bool = False,
+) -> list[StepExample]:
+    """Raw PRM800K record (phase 1 or 2) -> its labelled trajectory, and with ``alternatives`` one more
+    example per rated completion the labeller did not follow (the steps before it + that completion).
 
-    Each step is the completion the labeller chose to continue with (``chosen_completion``) or, when every
-    completion was rated -1, the labeller's own ``human_completion`` (a +1 step by the labelling rules). A
-    step with neither ends the trajectory: its first completion rated -1, the error that stopped the labeller
-    (in phase 2 the pre-generated step), is the last step; without one (a labeller who gave up) nothing is
-    added. Unchosen alternatives are not used.
+    The trajectory has one step per entry of ``label.steps``: the completion the labeller chose to continue
+    with (``chosen_completion``) or, when every completion was rated -1, the labeller's own
+    ``human_completion`` (a +1 step by the labelling rules). A step with neither ends the trajectory: its
+    first completion rated -1, the error that stopped the labeller (in phase 2 the pre-generated step), is
+    the last step; without one (a labeller who gave up) nothing is added. Phase 1 labellers continue only
+    from good steps (every followed step of phase1_test is +1 or their own), so there the negatives are in
+    the alternatives. All examples of a record share its ``source_row``.
 
     Ratings: +1 -> 1, -1 -> 0, and 0 ("fine but no progress") by ``neutral``: ``"positive"`` (1, the usual
-    practice since "Let's Verify Step by Step"), ``"negative"`` (0) or ``"skip"`` (the step is left out of
-    the example, text included, as an example has no unlabelled steps).
+    practice since "Let's Verify Step by Step"), ``"negative"`` (0) or ``"skip"`` (the step is left out,
+    text included, as an example has no unlabelled steps). Unrated alternatives are not used.
 
     Raises :class:`RecordDropped` for a record with finish_reason ``bad_problem`` / ``give_up`` when
-    ``skip_flagged``, for an initial-screening record (generation -1: 30 questions every labeller answered
-    to be screened, so repeated and from labellers not yet admitted) when ``skip_screening``, and for a
-    record that leaves no step to train on.
+    ``skip_flagged``, for an initial-screening record (generation -1: 30 questions served to every
+    labeller to screen them, so each is repeated once per labeller) when ``skip_screening``, and for a
+    record that leaves no labelled step.
     """
     check_choice("neutral", neutral, NEUTRAL_POLICIES)
     question = _field(record, "question", dict)
@@ -187,26 +210,44 @@ def from_prm800k(
     finish_reason = label.get("finish_reason")
     if skip_flagged and finish_reason in UNFINISHED_REASONS:
         raise RecordDropped(f"finish_reason {finish_reason!r}")
-    steps, labels = [], []
+    prompt = _field(question, "problem", str)
+    steps, labels, branches = [], [], []
     for i, step in enumerate(_field(label, "steps", list)):
-        followed = _prm800k_step(i, step)
+        completions, followed = _prm800k_step(i, step)
+        if alternatives:
+            branches += [
+                StepExample(prompt, [*steps, text], [*labels, value], source_row)
+                for text, value in _alternatives(i, completions, followed, neutral)
+            ]
         if followed is None:
             break
-        text, rating, ends = followed
-        value = _RATING_LABELS[rating] if rating else _NEUTRAL_LABELS[neutral]
+        value = _rating_label(followed.rating, neutral, f"label.steps[{i}]: the followed completion")
         if value is not None:
-            steps.append(text)
+            steps.append(followed.text)
             labels.append(value)
-        if ends:
+        if followed.ends:
             break
-    if not steps:
-        raise RecordDropped(f"no labelled step to train on (finish_reason {finish_reason!r})")
-    return StepExample(_field(question, "problem", str), steps, labels, source_row)
+    examples = ([StepExample(prompt, steps, labels, source_row)] if steps else []) + branches
+    if not examples:
+        raise RecordDropped(f"no labelled step (finish_reason {finish_reason!r})")
+    return examples
 
 
-def _prm800k_step(i: int, step: Any) -> tuple[str, int, bool] | None:
-    """(text, rating, ends the trajectory) of the step the labeller followed at ``label.steps[i]``, or None
-    when the trajectory ended there without a rated error."""
+def _alternatives(
+    i: int, completions: list[dict], followed: _Followed | None, neutral: str
+) -> Iterator[tuple[Any, float]]:
+    """(text, label) of each rated completion of ``label.steps[i]`` that the labeller did not follow."""
+    for j, completion in enumerate(completions):
+        if completion.get("rating") is None or (followed is not None and j == followed.index):
+            continue
+        value = _rating_label(completion["rating"], neutral, f"label.steps[{i}].completions[{j}]")
+        if value is not None:
+            yield completion.get("text"), value
+
+
+def _prm800k_step(i: int, step: Any) -> tuple[list[dict], _Followed | None]:
+    """The completions of ``label.steps[i]`` and the step the labeller followed there (None when the
+    trajectory ended without a rated error)."""
     where = f"label.steps[{i}]"
     if not isinstance(step, dict):
         raise ValueError(f"{where} is not an object")
@@ -218,16 +259,46 @@ def _prm800k_step(i: int, step: Any) -> tuple[str, int, bool] | None:
     if chosen is not None:
         if not isinstance(chosen, int) or not 0 <= chosen < len(completions):
             raise ValueError(f"{where}.chosen_completion {chosen!r} is not a completion index")
-        followed, rating, ends = completions[chosen], completions[chosen].get("rating"), False
+        index, followed, rating, ends = chosen, completions[chosen], completions[chosen].get("rating"), False
     elif human is not None:
-        followed, rating, ends = human, 1, False
+        index, followed, rating, ends = None, human, 1, False
     else:
-        followed = next((c for c in completions if c.get("rating") == -1), None)
-        if followed is None:
-            return None
-        rating, ends = -1, True
+        index = next((j for j, c in enumerate(completions) if c.get("rating") == -1), None)
+        if index is None:
+            return completions, None
+        followed, rating, ends = completions[index], -1, True
     if not isinstance(followed, dict) or not isinstance(followed.get("text"), str):
         raise ValueError(f"{where}: the followed completion has no text")
-    if isinstance(rating, bool) or rating not in (-1, 0, 1):
-        raise ValueError(f"{where}: the followed completion is rated {rating!r}, not -1, 0 or 1")
-    return followed["text"], rating, ends
+    return completions, _Followed(index, followed["text"], rating, ends)
+
+
+def from_prm800k_critic(row: Mapping, source_row: int, neutral: str = "positive") -> StepExample:
+    """Denormalised PRM800K "stepwise critique" row (Birchlabs' Parquet): one rated candidate step after the
+    steps the labeller followed so far -> those steps + the candidate.
+
+    Columns: ``instruction`` (the problem), ``responses`` (the followed steps), ``next_response`` (the
+    candidate) and ``answer`` (its answer section, put back as raw PRM800K has it), ``is_human_response``,
+    ``rating``. The candidate is labelled from its rating as in :func:`from_prm800k` (a labeller's own step:
+    1). The rows do not carry the followed steps' ratings; they are labelled 1, which is exact for
+    phase1_test (all 1,857 followed steps are rated +1 or the labeller's own) and makes a phase 2 followed
+    step rated 0 positive whatever ``neutral``. Each row labels its last step: train with a last-step loss
+    so the shared prefixes are not counted once per candidate.
+
+    Raises :class:`RecordDropped` for an unrated candidate, and a neutral one when ``neutral="skip"``.
+    """
+    check_choice("neutral", neutral, NEUTRAL_POLICIES)
+    followed = _field(row, "responses", list)
+    candidate = _field(row, "next_response", str)
+    answer = row.get("answer")
+    if answer is not None:
+        candidate += PRM800K_ANSWER_HEADING + str(answer)
+    if row.get("is_human_response"):
+        value = 1.0
+    elif row.get("rating") is None:
+        raise RecordDropped("unrated candidate step")
+    else:
+        value = _rating_label(row["rating"], neutral, "the candidate step")
+        if value is None:
+            raise RecordDropped("neutral candidate step (neutral='skip')")
+    steps = [*followed, candidate]
+    return StepExample(_field(row, "instruction", str), steps, [1.0] * len(followed) + [value], source_row)

@@ -18,8 +18,9 @@ from .formats import (
     StepExample,
     check_choice,
     from_math_shepherd,
-    from_processbench,
     from_prm800k,
+    from_prm800k_critic,
+    from_processbench,
     from_trl,
 )
 
@@ -29,6 +30,7 @@ FORMAT_COLUMNS = {
     "processbench": frozenset({"problem", "steps", "label"}),
     "prm800k": frozenset({"question", "label"}),
     "math_shepherd": frozenset({"input", "label"}),
+    "prm800k_critic": frozenset({"instruction", "responses", "next_response", "rating"}),
 }
 BAD_ROW_POLICIES = ("error", "skip")
 
@@ -39,7 +41,7 @@ Source = Union[str, os.PathLike, Iterable[Mapping]]
 class LoadResult:
     """Examples of a source, and the rows left out as ``(where, reason)``: rows a labelling policy drops
     (always) and bad rows (with ``on_bad_row="skip"``). ``where`` is ``file:line`` (JSONL), ``file[index]``
-    (JSON, Parquet) or ``row index`` (in-memory rows)."""
+    (JSON, Parquet) or ``row N`` (in-memory rows)."""
 
     examples: list[StepExample]
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -52,6 +54,7 @@ def load_step_examples(
     neutral: str = "positive",
     skip_flagged: bool = True,
     skip_screening: bool = True,
+    alternatives: bool = False,
     after_error: str = "negative",
     on_bad_row: str = "error",
 ) -> LoadResult:
@@ -60,11 +63,13 @@ def load_step_examples(
     Args:
         source: a ``.jsonl``, ``.json`` (an array of rows) or ``.parquet`` path, or rows in memory (a
             ``datasets.Dataset`` or any iterable of dicts).
-        format: ``trl``, ``processbench``, ``prm800k``, ``math_shepherd``, or ``auto`` (from the first row's
-            columns).
-        neutral: PRM800K neutral ratings: ``positive``, ``negative`` or ``skip`` (see :func:`from_prm800k`).
+        format: ``trl``, ``processbench``, ``prm800k`` (raw records), ``prm800k_critic`` (the denormalised
+            stepwise-critique rows), ``math_shepherd``, or ``auto`` (from the first row's columns).
+        neutral: PRM800K neutral (0) ratings: ``positive``, ``negative`` or ``skip`` (see
+            :func:`from_prm800k`).
         skip_flagged: drop PRM800K records whose labeller gave up or reported a bad problem.
         skip_screening: drop PRM800K initial-screening records (generation -1).
+        alternatives: also an example per rated PRM800K completion the labeller did not follow.
         after_error: ProcessBench steps after the first error: ``negative`` or ``truncate``.
         on_bad_row: ``error`` raises a ValueError naming the first bad row; ``skip`` leaves bad rows out and
             lists them in :attr:`LoadResult.skipped`.
@@ -78,15 +83,20 @@ def load_step_examples(
     check_choice("after_error", after_error, AFTER_ERROR_POLICIES)
     check_choice("on_bad_row", on_bad_row, BAD_ROW_POLICIES)
     check_choice("format", format, ("auto", *FORMAT_COLUMNS))
-    converters = {
-        "trl": from_trl,
-        "processbench": partial(from_processbench, after_error=after_error),
+    converters: dict[str, Callable[[Mapping, int], list[StepExample]]] = {
+        "trl": _one_example(from_trl),
+        "processbench": _one_example(from_processbench, after_error=after_error),
         "prm800k": partial(
-            from_prm800k, neutral=neutral, skip_flagged=skip_flagged, skip_screening=skip_screening
+            from_prm800k,
+            neutral=neutral,
+            skip_flagged=skip_flagged,
+            skip_screening=skip_screening,
+            alternatives=alternatives,
         ),
-        "math_shepherd": from_math_shepherd,
+        "prm800k_critic": _one_example(from_prm800k_critic, neutral=neutral),
+        "math_shepherd": _one_example(from_math_shepherd),
     }
-    convert: Callable[[Mapping, int], StepExample] | None = None if format == "auto" else converters[format]
+    convert = None if format == "auto" else converters[format]
     result = LoadResult([])
     for where, index, row in _rows(source):
         if convert is None and isinstance(row, Mapping):
@@ -97,7 +107,7 @@ def load_step_examples(
                 raise row
             if not isinstance(row, Mapping):
                 raise ValueError(f"expected an object, got {type(row).__name__}")
-            result.examples.append(convert(row, index))
+            result.examples += convert(row, index)
         except RecordDropped as why:
             result.skipped.append((where, str(why)))
         except ValueError as err:
@@ -120,6 +130,13 @@ def detect_format(row: Mapping, where: str = "first row") -> str:
     return matches[0]
 
 
+def _one_example(
+    convert: Callable[..., StepExample], **options: Any
+) -> Callable[[Mapping, int], list[StepExample]]:
+    """A converter of one example per row, as one that returns a list (PRM800K records give several)."""
+    return lambda row, index: [convert(row, index, **options)]
+
+
 def _describe(source: Source) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
 
@@ -127,7 +144,9 @@ def _describe(source: Source) -> str:
 def _rows(source: Source) -> Iterator[tuple[str, int, Any]]:
     """``(where, 0-based index, row)`` for every row; a row that cannot be decoded is a ValueError."""
     if isinstance(source, Mapping):
-        raise TypeError("source is a single row: pass a list of rows, a dataset or a path")
+        raise TypeError(
+            "source is a mapping (one row, or a DatasetDict?): pass a path, a dataset split or a list of rows"
+        )
     if not isinstance(source, (str, os.PathLike)):
         for index, row in enumerate(source):
             yield f"row {index}", index, row
@@ -140,9 +159,8 @@ def _rows(source: Source) -> Iterator[tuple[str, int, Any]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, int, Any]]:
-    with open(
-        path, "rb"
-    ) as f:  # decoded per line, so a non-UTF-8 byte names its line instead of ending the file
+    # Bytes decoded line by line, so a non-UTF-8 byte names its line instead of ending the whole file.
+    with open(path, "rb") as f:
         for index, raw in enumerate(f):
             if not raw.strip():
                 continue

@@ -63,8 +63,17 @@ def step_scores_figure(
     ax.set_yticks(y, [f"step {i}" + (f" ({', '.join(note)})" if note else "") for i, note in zip(y, notes)])
     ax.set_xlabel("P(step good)")
     for i, text in zip(y, steps):
-        ax.text(1.03, i, shorten(text, max_chars), va="center", ha="left", fontsize=8, parse_math=False,
-                transform=ax.get_yaxis_transform(), clip_on=False)  # fmt: skip
+        ax.text(
+            1.03,
+            i,
+            shorten(text, max_chars),
+            va="center",
+            ha="left",
+            fontsize=8,
+            parse_math=False,
+            transform=ax.get_yaxis_transform(),
+            clip_on=False,
+        )
     ax.set_title(title, loc="left", fontsize=10, parse_math=False)
     return fig
 
@@ -77,11 +86,21 @@ def threshold_f1_figure(sweep: dict, best: dict, threshold: float | None = None)
     t = _floats(sweep["thresholds"])
     for name, f1 in sweep["f1"].items():
         is_avg = name == "average"
-        ax.plot(t, 100 * _floats(f1), label=name, linewidth=2.5 if is_avg else 1, color="black" if is_avg else None)
+        ax.plot(
+            t,
+            100 * _floats(f1),
+            label=name,
+            linewidth=2.5 if is_avg else 1,
+            color="black" if is_avg else None,
+        )
     if best.get("threshold") is not None:
         ax.plot([best["threshold"]], [100 * best["f1"]], "o", color="black")
-        ax.annotate(f"best {best['threshold']:.2f}: {100 * best['f1']:.1f}", (best["threshold"], 100 * best["f1"]),
-                    xytext=(6, 6), textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            f"best {best['threshold']:.2f}: {100 * best['f1']:.1f}",
+            (best["threshold"], 100 * best["f1"]),
+            xytext=(8, -14),
+            textcoords="offset points",
+        )
     if threshold is not None:
         ax.axvline(threshold, color="0.5", linestyle="--", linewidth=1)
     ax.set_xlabel("threshold")
@@ -98,8 +117,17 @@ def reliability_figure(table: Sequence[dict], ece: float | None = None) -> Figur
     fig = _figure(5.5, 5.5)
     ax, counts = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     lo, hi = _floats([b["lo"] for b in table]), _floats([b["hi"] for b in table])
-    ax.bar(lo, _floats([b["accuracy"] for b in table]), width=hi - lo, align="edge", color=GOOD, edgecolor="white")
-    ax.plot(_floats([b["confidence"] for b in table]), _floats([b["accuracy"] for b in table]), "o", color="black")
+    ax.bar(
+        lo,
+        _floats([b["accuracy"] for b in table]),
+        width=hi - lo,
+        align="edge",
+        color=GOOD,
+        edgecolor="white",
+    )
+    ax.plot(
+        _floats([b["confidence"] for b in table]), _floats([b["accuracy"] for b in table]), "o", color="black"
+    )
     ax.plot([0, 1], [0, 1], "--", color="0.4")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -117,8 +145,14 @@ def best_of_n_figure(curve: dict, rules: Sequence[str]) -> Figure:
     ax = fig.add_subplot()
     n = _floats(curve["n"])
     for rule in rules:
-        ax.plot(n, 100 * _floats(curve[rule]), marker="o", markersize=3, label=rule,
-                linestyle="--" if rule in BASELINES else "-")  # fmt: skip
+        ax.plot(
+            n,
+            100 * _floats(curve[rule]),
+            marker="o",
+            markersize=3,
+            label=rule,
+            linestyle="--" if rule in BASELINES else "-",
+        )
     if n.size and n.max() > 2:
         ax.set_xscale("log", base=2)
     ax.set_xticks(n, [str(int(v)) for v in n])
@@ -140,7 +174,9 @@ def metrics_figures(m: dict) -> dict[str, Figure]:
     }
     for k, ex in enumerate(m.get("examples", [])):
         title = f"{ex['id']}: label {ex['label']}, predicted {ex['predicted']}"
-        figures[f"solution_{k}"] = step_scores_figure(ex["steps"], ex["step_scores"], m["threshold"], ex["label"], title)
+        figures[f"solution_{k}"] = step_scores_figure(
+            ex["steps"], ex["step_scores"], m["threshold"], ex["label"], title
+        )
     return figures
 
 

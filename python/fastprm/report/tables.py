@@ -54,7 +54,9 @@ def processbench_tables(m: dict) -> list[Table]:
             accuracy_rows,
         ),
         Table("Threshold sweep and step calibration", ["metric", "value"], summary),
-        Table("Reliability (step P(good) vs fraction good)", ["bin", "steps", "confidence", "accuracy"], bins),
+        Table(
+            "Reliability (step P(good) vs fraction good)", ["bin", "steps", "confidence", "accuracy"], bins
+        ),
     ]
 
 
@@ -79,7 +81,9 @@ def metrics_tables(m: dict) -> list[Table]:
     """The tables of one eval output, by its ``kind``."""
     builders = {"processbench": processbench_tables, "best_of_n": best_of_n_tables}
     if m.get("kind") not in builders:
-        raise ValueError(f"not a fastprm eval output (kind {m.get('kind')!r}); expected one of {sorted(builders)}")
+        raise ValueError(
+            f"not a fastprm eval output (kind {m.get('kind')!r}); expected one of {sorted(builders)}"
+        )
     return builders[m["kind"]](m)
 
 
@@ -88,5 +92,9 @@ def text_table(table: Table) -> str:
     widths = [max(len(row[i]) for row in [table.header, *table.rows]) for i in range(len(table.header))]
     lines = [table.title]
     for row in [table.header, *table.rows]:
-        lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))
+            )
+        )
     return "\n".join(lines)
