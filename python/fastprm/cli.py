@@ -8,6 +8,7 @@ import json
 import sys
 import time
 
+from .demo import add_demo_command
 from .eval_cli import add_eval_commands
 from .train_cli import add_train_command
 
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(func=_score)
     add_train_command(sub)
     add_eval_commands(sub)
+    add_demo_command(sub)
     return parser
 
 

@@ -10,19 +10,18 @@ from pathlib import Path
 
 def load_model(spec: str, dtype):
     """A checkpoint directory, or a JSON file {"backbone": {...config...}, "tokenizer": DIR, "convention": NAME,
-    "num_classes": N} describing a new model with random weights."""
-    from .models import PRM
+    "separator": TEXT, "num_classes": N} describing a new model with random weights."""
+    from .models import CONVENTIONS, PRM
 
     path = Path(spec)
     if path.is_dir():
         return PRM.from_pretrained(path, dtype=dtype)
     spec_json = json.loads(path.read_text())
+    convention = CONVENTIONS[spec_json.get("convention", "token-classification")].with_overrides(
+        separator=spec_json.get("separator")
+    )
     return PRM.from_config(
-        spec_json["backbone"],
-        spec_json["tokenizer"],
-        spec_json.get("convention", "token-classification"),
-        spec_json.get("num_classes"),
-        dtype=dtype,
+        spec_json["backbone"], spec_json["tokenizer"], convention, spec_json.get("num_classes"), dtype=dtype
     )
 
 
