@@ -1,0 +1,28 @@
+// Runs the portable kernels on a small fixed batch and prints the outputs (compared across architectures).
+#include <cstdio>
+#include <vector>
+#include "score_steps.h"
+using namespace fastprm;
+int main() {
+  const int64_t N = 7, H = 5, C = 2;
+  std::vector<float> hidden(N * H), w(C * H), bias{0.1f, -0.2f};
+  for (int i = 0; i < N * H; ++i) hidden[i] = 0.1f * ((i * 7) % 11) - 0.5f;
+  for (int i = 0; i < C * H; ++i) w[i] = 0.05f * ((i * 3) % 7) - 0.1f;
+  std::vector<int64_t> ids{5, 9, 1, 9, 7, 9, 9}, cu{0, 4, 4, 7}, seps{9};
+  std::vector<int64_t> counts(3);
+  IntArray idsa{ids.data(), N, true}, cua{cu.data(), 4, true};
+  count_steps(idsa, cua, seps.data(), 1, counts.data());
+  std::vector<int64_t> cs{0, counts[0], counts[0] + counts[1], counts[0] + counts[1] + counts[2]};
+  std::vector<int64_t> si(cs[3]);
+  fill_steps(idsa, cua, seps.data(), 1, cs.data(), si.data());
+  const int64_t K = cs[3], B = 3;
+  std::vector<float> f(K * C + K + 4 * B);
+  std::vector<int64_t> in(2 * B);
+  ForwardOut<float> out{f.data(), f.data() + K * C, f.data() + K * C + K, f.data() + K * C + K + B,
+                        f.data() + K * C + K + 2 * B, f.data() + K * C + K + 3 * B, in.data(), in.data() + B};
+  Rows rows{hidden.data(), N, H, H, 1, DType::f32};
+  score_forward<float>(rows, w.data(), bias.data(), C, si.data(), K, cs.data(), B, 1, 0.5, Isa::portable, out);
+  for (float v : f) std::printf("%.6f ", v);
+  for (int64_t v : in) std::printf("%lld ", (long long)v);
+  std::printf("\n");
+}
