@@ -137,7 +137,7 @@ def run(
     model = workdir / "prm"
     main([
         "train", "--model", str(workdir / "model.json"), "--data", str(workdir / "train.jsonl"), "--output", str(model),
-        "--max-steps", str(max_steps), "--batch-size", "32", "--lr", "2e-3", "--warmup", "0.05",
+        "--max-steps", str(max_steps), "--batch-size", "32", "--lr", "2e-3", "--warmup", "0.05", "--lr-scheduler", "constant_with_warmup", "--weight-decay", "0.01",
         "--label-mode", "first_error", "--logging-steps", "50", "--save-steps", "100000", "--seed", str(seed),
     ])  # fmt: skip
     print("[3/5] scoring held-out solutions", flush=True)

@@ -83,6 +83,7 @@ def train(args: argparse.Namespace) -> int:
         save_steps=args.save_steps,
         logging_steps=args.logging_steps,
         warmup_steps=args.warmup,
+        lr_scheduler_type=args.lr_scheduler,
         weight_decay=args.weight_decay,
         seed=args.seed,
         bf16=dtype == torch.bfloat16,
@@ -135,6 +136,11 @@ def add_train_command(sub) -> None:
         "--warmup", type=float, default=0.0, help="warmup steps, or a fraction of all steps if < 1"
     )
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument(
+        "--lr-scheduler",
+        default="linear",
+        help="transformers scheduler name (linear, cosine, constant_with_warmup, ...)",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--gradient-checkpointing", action="store_true")
