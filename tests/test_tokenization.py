@@ -65,7 +65,8 @@ def test_truncation_policies(qwen_prm):
     assert scored.steps_dropped == drop.steps_dropped and len(scored.step_scores) == len(drop.step_ends)
 
 
-def test_batch_invariance_alone_vs_batch_of_64(qwen_prm):
+@pytest.mark.parametrize("unpadded", [True, False])
+def test_batch_invariance_alone_vs_batch_of_64(qwen_prm, unpadded):
     gen = torch.Generator().manual_seed(0)
     words = ["eggs", "apples", "three", "add", "so", "the", "answer", "is", "5", "+", "="]
     problems, solutions = [], []
@@ -82,9 +83,9 @@ def test_batch_invariance_alone_vs_batch_of_64(qwen_prm):
         ]
         problems.append("How many " + words[int(torch.randint(0, 3, (1,), generator=gen))] + "?")
         solutions.append(steps)
-    batch = qwen_prm.score(problems, solutions, batch_tokens=4096)
+    batch = qwen_prm.score(problems, solutions, batch_tokens=4096, unpadded=unpadded)
     for i in (0, 17, 63):
-        alone = qwen_prm.score([problems[i]], [solutions[i]])[0]
+        alone = qwen_prm.score([problems[i]], [solutions[i]], unpadded=unpadded)[0]
         torch.testing.assert_close(
             torch.tensor(alone.step_scores), torch.tensor(batch[i].step_scores), atol=1e-5, rtol=0
         )

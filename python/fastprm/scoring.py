@@ -68,9 +68,10 @@ class Scorer:
         max_length: longest row; default the backbone's ``max_position_embeddings``.
         truncation: ``error`` (default), ``left-truncate-prompt`` or ``drop-steps``.
         threshold: ``first_error`` threshold.
+        unpadded: one mask-free forward per row instead of padded batches (default: on CPU).
     """
 
-    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold")
+    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold", "unpadded")
 
     def __init__(
         self,
@@ -79,8 +80,10 @@ class Scorer:
         max_length: int | None = None,
         truncation: str = "error",
         threshold: float = 0.5,
+        unpadded: bool | None = None,
     ):
         self.prm = prm
+        self.unpadded = prm.device.type == "cpu" if unpadded is None else unpadded
         self.batch_tokens = batch_tokens
         self.threshold = threshold
         if max_length is None:
@@ -102,13 +105,22 @@ class Scorer:
                 results[i] = scores
         return results  # type: ignore[return-value]
 
-    def _score_batch(self, rows: list[TokenizedSolution]) -> Iterator[SolutionScores]:
+    def _unpadded_hidden(self, rows: list[TokenizedSolution]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One unpadded, mask-free forward per row, packed into [N, H]: on CPU this beats padded batches
+        (benchmarks/results/bench_score.md), and no row ever sees padding."""
+        hidden = torch.cat([self.prm.hidden_states(torch.tensor([r.input_ids]))[0] for r in rows])
+        offsets = [0, *torch.tensor([len(r.input_ids) for r in rows]).cumsum(0).tolist()]
+        return hidden, torch.tensor(
+            [o + e for o, r in zip(offsets, rows) for e in r.step_ends], dtype=torch.long
+        )
+
+    def _padded_hidden(self, rows: list[TokenizedSolution]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded batch [B, T] (masked only when lengths differ), viewed as [B * T, H]."""
         device = self.prm.device
         T = max(len(r.input_ids) for r in rows)
         input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
         for b, r in enumerate(rows):
             input_ids[b, : len(r.input_ids)] = torch.tensor(r.input_ids)
-        # Rows of equal length need no mask: causal attention alone is exact and takes the fast kernel.
         mask = None
         if any(len(r.input_ids) != T for r in rows):
             mask = torch.zeros((len(rows), T), dtype=torch.long)
@@ -119,10 +131,17 @@ class Scorer:
         step_index = torch.tensor(
             [b * T + e for b, r in enumerate(rows) for e in r.step_ends], dtype=torch.long
         )
-        cu_steps = torch.tensor([0, *torch.tensor([len(r.step_ends) for r in rows]).cumsum(0).tolist()])
-        out = self.prm.score_hidden(
-            hidden.reshape(-1, hidden.shape[-1]), step_index.to(device), cu_steps.to(device), self.threshold
-        )
+        return hidden.reshape(-1, hidden.shape[-1]), step_index
+
+    def _score_batch(self, rows: list[TokenizedSolution]) -> Iterator[SolutionScores]:
+        device = self.prm.device
+        if self.unpadded:
+            hidden, step_index = self._unpadded_hidden(rows)
+        else:
+            hidden, step_index = self._padded_hidden(rows)
+        counts = torch.tensor([len(r.step_ends) for r in rows])
+        cu_steps = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        out = self.prm.score_hidden(hidden, step_index.to(device), cu_steps.to(device), self.threshold)
         per_seq = {k: getattr(out, k).float().cpu().tolist() for k in ("min", "prod", "mean", "last")}
         first_error = out.first_error.cpu().tolist()
         for b, (r, probs) in enumerate(zip(rows, out.per_sequence())):
