@@ -165,7 +165,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_isa", &set_isa, py::arg("name"), "Force the ISA used by every kernel (as FASTPRM_CPU_ISA does)");
   m.def("selected_isa", [] { return std::string(isa_name(g_isa)); });
   m.def("find_steps", &find_steps, py::arg("input_ids"), py::arg("cu_seqlens"), py::arg("sep_token_ids"));
-  m.def("check_steps", &check_steps, py::arg("step_index"), py::arg("cu_steps"), py::arg("n_rows"));
   m.def("score_forward_f32", &forward<float>);
   m.def("score_forward_f64", &forward<double>);
   m.def("score_backward_f32", &backward<float>);
