@@ -13,6 +13,7 @@
 # wheels. The trl install then runs under a constraint that pins the torch already installed, so pip can
 # never replace it.
 set -euo pipefail
+export TRL_EXPERIMENTAL_SILENCE=1  # TRL warns on every trl.experimental import, the check included
 
 TORCH_PIN="2.13.0"
 TRL_PIN="1.13.0"
