@@ -1,4 +1,5 @@
-"""Scoring throughput on a ProcessBench-shaped workload: fastprm vs the model-card recipe vs the bare backbone.
+"""Scoring throughput on a ProcessBench-shaped workload: fastprm vs the model-card recipe vs the bare backbone
+vs vLLM's pooling runner.
 
     python benchmarks/bench_score.py                 # reduced Qwen2.5-0.5B shape (4 layers), bf16 and fp32
     python benchmarks/bench_score.py --layers 24     # the full Qwen2.5-0.5B depth
@@ -8,16 +9,26 @@ Real problems and steps from ../shared/data/processbench (gsm8k), the real Qwen2
 random-weight checkpoint in the Qwen2.5-Math-PRM on-disk format. Every method scores the same rows with the
 same weights and dtype; each runs in its own process (for its peak RSS), methods alternate, and the best of
 --repeats runs counts. Ratios are what to read: this machine is shared and noisy.
+
+vllm / vllm_eager run vLLM's CPU build (torch-compiled / enforce_eager) from its own venv, made by
+``bash benchmarks/setup_vllm_venv.sh`` (skipped with a message when it is missing). That venv has no fastprm,
+so this process tokenizes the rows with fastprm's StepTokenizer and hands vLLM the token ids; vLLM loads the
+same checkpoint as Qwen2ForProcessRewardModel with its step pooler and returns P(step good) per step, which
+are checked against fastprm's on the first rows (column max_abs_diff_vs_fastprm; fp32 must agree). vLLM's
+peak_rss_mb is the summed PSS of its three processes (see TreeRSS).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,8 +36,14 @@ import torch
 
 from common import markdown_table, write_results
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-METHODS = ("fastprm", "recipe_b1", "recipe_b8", "backbone_b1", "backbone_buckets")
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+VLLM_METHODS = ("vllm", "vllm_eager")
+METHODS = ("fastprm", "recipe_b1", "recipe_b8", "backbone_b1", "backbone_buckets", *VLLM_METHODS)
+# Same default place as setup_vllm_venv.sh, which honours the same variable.
+VLLM_VENV = Path(os.environ.get("FASTPRM_VLLM_VENV", ROOT / ".venvs" / "vllm"))
+PARITY_ROWS = 8  # rows whose vLLM step probabilities are compared with fastprm's
+PARITY_TOL_FP32 = 1e-4  # both run the same fp32 math; only kernel summation order differs
 
 
 def load_rows(n: int) -> tuple[list[str], list[list[str]]]:
@@ -131,6 +148,151 @@ def run_method(method: str, model_dir: Path, dtype: torch.dtype, n_rows: int, ba
     }
 
 
+def tokens_file(model_dir: Path, n_rows: int) -> Path:
+    """Token ids and step counts that the parent writes for the vLLM child."""
+    return model_dir.parent / f"{model_dir.name}-{n_rows}rows-tokens.json"
+
+
+def probs_file(model_dir: Path, n_rows: int, method: str, dtype: str) -> Path:
+    """Per-row step probabilities that a vLLM child writes back for the parity check."""
+    return model_dir.parent / f"{model_dir.name}-{n_rows}rows-{method}-{dtype}-probs.json"
+
+
+def prepare_vllm_inputs(
+    model_dir: Path, dtype: torch.dtype, n_rows: int, batch_tokens: int, tokens_path: Path
+) -> list[list[float]]:
+    """Tokenizes the rows exactly as the fastprm method does and writes the ids for the vLLM child.
+
+    Also stores how long that tokenization took, which the child adds to its time: fastprm's timed region
+    includes its tokenizer, and vLLM gets the ids for free otherwise. Returns fastprm's step probabilities
+    of the first PARITY_ROWS rows in ``dtype``, to check that vLLM scores the same thing."""
+    from fastprm.models import PRM
+    from fastprm.scoring import Scorer
+
+    problems, solutions = load_rows(n_rows)
+    scorer = Scorer(PRM.from_pretrained(model_dir, dtype=dtype), batch_tokens=batch_tokens)
+    start = time.perf_counter()
+    tokenized = scorer.tokenizer(problems, solutions)
+    tokenize_seconds = time.perf_counter() - start
+    if len(scorer.tokenizer.separator_ids) != 1:
+        raise SystemExit("vLLM's step pooler finds steps by one step_tag_id; this separator has several ids")
+    payload = {
+        # Not vLLM's default (151651, the id in the released Qwen2.5-Math-PRM vocabulary): the benchmark
+        # tokenizer adds <extra_0> itself, so its id is whatever the tokenizer assigned.
+        "step_tag_id": scorer.tokenizer.separator_ids[0],
+        "tokenize_seconds": tokenize_seconds,
+        "rows": [{"input_ids": t.input_ids, "n_steps": len(t.step_ends)} for t in tokenized],
+    }
+    tokens_path.write_text(json.dumps(payload))
+    return [o.step_scores for o in scorer.score_tokenized(tokenized[:PARITY_ROWS])]
+
+
+def vllm_env() -> dict[str, str]:
+    """Environment of a vLLM child; variables the user set win.
+
+    - VLLM_CPU_OMP_THREADS_BIND: every core this process may use. vLLM's 'auto' keeps one core per rank for its
+      scheduler process, which on this 2-core machine halves the compute threads against fastprm's two.
+    - OMP_NUM_THREADS only with VLLM_ENABLE_V1_MULTIPROCESSING=0 (engine in this process, no binding done by
+      vLLM): otherwise vLLM cuts torch to one thread "for serving".
+    - VLLM_CPU_KVCACHE_SPACE=1 (GiB, default 4): prefill-only scoring frees each row's KV cache when it is
+      done; 1 GiB holds >40k tokens even at full depth in fp32, and a 4 GiB buffer would only inflate RSS.
+    - Logs to stderr, so stdout carries only the result line; no usage-stats traffic.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    defaults = {
+        "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus)),
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        defaults["OMP_NUM_THREADS"] = str(len(cpus))
+    return {**defaults, **os.environ}
+
+
+class TreeRSS:
+    """Peak memory of this process and its descendants, sampled: vLLM runs the model in a worker process
+    (and its scheduler in another), so this process's own ru_maxrss would miss it. Summed as PSS, which
+    splits shared pages (torch's libraries are mapped in all three) instead of counting them three times."""
+
+    def __init__(self, interval: float = 0.25):
+        import psutil  # a vLLM dependency; the vLLM venv has it
+
+        self.me = psutil.Process()
+        self.peak = 0
+        self.interval = interval
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self.done.wait(self.interval):
+            total = 0
+            for p in [self.me, *self.me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):  # it may end between listing and reading it
+                    total += p.memory_full_info().pss
+            self.peak = max(self.peak, total)
+
+    def stop_mb(self) -> float:
+        self.done.set()
+        self.thread.join()
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return max(self.peak, own) / 2**20
+
+
+def run_vllm(method: str, model_dir: Path, dtype: str, tokens_path: Path, probs_path: Path) -> dict:
+    """vLLM's pooling runner over the parent's token ids; runs in the vLLM venv (no fastprm import here).
+
+    Not timed, as the fastprm method does not time its model load: building the LLM (weights, KV cache,
+    torch.compile of the backbone in ``vllm`` mode) and one warmup encode() of the first rows, which runs
+    whatever vLLM still compiles or initializes lazily on the first real batch. Timed: one encode() of all
+    rows and reading P(step good) out of its results, plus the parent's tokenization time (see
+    prepare_vllm_inputs). vLLM batches the rows itself with its defaults (here 4096 tokens per step);
+    prefix caching and chunked prefill are off, as vLLM sets them for step pooling.
+    """
+    from vllm import LLM
+    from vllm.config import PoolerConfig
+    from vllm.inputs import TokensPrompt
+
+    rss = TreeRSS()
+    data = json.loads(tokens_path.read_text())
+    prompts = [TokensPrompt(prompt_token_ids=r["input_ids"]) for r in data["rows"]]
+    llm = LLM(
+        str(model_dir),
+        runner="pooling",
+        dtype=dtype,
+        enforce_eager=method == "vllm_eager",
+        # STEP pooling is the model's default; step_tag_id must name our separator (see prepare_vllm_inputs).
+        pooler_config=PoolerConfig(step_tag_id=data["step_tag_id"]),
+        # Ids come in ready-made: a tokenizer would cost ~0.4 GB in each of two processes and do nothing
+        # (vLLM then logs a failed chat-template warmup, which is harmless here).
+        skip_tokenizer_init=True,
+    )
+    llm.encode(prompts[:4], pooling_task="token_classify", use_tqdm=False)
+    start = time.perf_counter()
+    outputs = llm.encode(prompts, pooling_task="token_classify", use_tqdm=False)
+    # One [n_steps, 2] softmax per row; column 1 is P(step good), as fastprm's positive class.
+    probs = [o.outputs.data[:, 1].float().tolist() for o in outputs]
+    seconds = time.perf_counter() - start + data["tokenize_seconds"]
+    for i, (p, r) in enumerate(zip(probs, data["rows"])):
+        if len(p) != r["n_steps"]:
+            raise SystemExit(f"row {i}: vLLM scored {len(p)} steps, fastprm's tokenizer made {r['n_steps']}")
+    probs_path.write_text(json.dumps(probs))
+    n_rows = len(prompts)
+    n_tokens = sum(len(r["input_ids"]) for r in data["rows"])
+    n_steps = sum(r["n_steps"] for r in data["rows"])
+    return {
+        "seconds": seconds,
+        "rows_per_s": n_rows / seconds,
+        "steps_per_s": n_steps / seconds,
+        "tokens_per_s": n_tokens / seconds,
+        "peak_rss_mb": rss.stop_mb(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -142,31 +304,72 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--workdir", default="/tmp/fastprm-bench-score")
+    parser.add_argument(
+        "--vllm-python",
+        default=str(VLLM_VENV / "bin" / "python"),
+        help="python of the venv made by benchmarks/setup_vllm_venv.sh (default: $FASTPRM_VLLM_VENV or "
+        ".venvs/vllm in the repo)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     model_dir = Path(args.workdir) / f"qwen25-math-prm-0.5b-{args.layers}l"
 
     if args.child:
         method, dtype = args.child
-        print(json.dumps(run_method(method, model_dir, getattr(torch, dtype), args.rows, args.batch_tokens)))
+        if method in VLLM_METHODS:
+            result = run_vllm(
+                method,
+                model_dir,
+                dtype,
+                tokens_file(model_dir, args.rows),
+                probs_file(model_dir, args.rows, method, dtype),
+            )
+        else:
+            result = run_method(method, model_dir, getattr(torch, dtype), args.rows, args.batch_tokens)
+        print(json.dumps(result), flush=True)
         return
     if not (DATA / "processbench").exists():
         sys.exit(f"shared data not found at {DATA}")
     if not (model_dir / "config.json").exists():
         make_checkpoint(model_dir, args.layers)
+    methods = args.methods.split(",")
+    if any(m in VLLM_METHODS for m in methods) and not Path(args.vllm_python).exists():
+        print(
+            f"skipping {', '.join(m for m in methods if m in VLLM_METHODS)}: no vLLM venv python at "
+            f"{args.vllm_python}; make it with `bash benchmarks/setup_vllm_venv.sh` (or pass --vllm-python)",
+            flush=True,
+        )
+        methods = [m for m in methods if m not in VLLM_METHODS]
 
     rows = []
     for dtype in args.dtypes.split(","):
+        reference = None
+        if any(m in VLLM_METHODS for m in methods):
+            reference = prepare_vllm_inputs(
+                model_dir,
+                getattr(torch, dtype),
+                args.rows,
+                args.batch_tokens,
+                tokens_file(model_dir, args.rows),
+            )
         best: dict[str, dict] = {}
         for _ in range(args.repeats):
-            for method in args.methods.split(","):
-                cmd = [sys.executable, __file__, *sys.argv[1:], "--child", method, dtype]
-                out = (
-                    subprocess.run(cmd, check=True, capture_output=True, text=True)
-                    .stdout.strip()
-                    .splitlines()[-1]
-                )
+            for method in methods:
+                vllm = method in VLLM_METHODS
+                python = args.vllm_python if vllm else sys.executable
+                cmd = [python, __file__, *sys.argv[1:], "--child", method, dtype]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=vllm_env() if vllm else None)
+                if proc.returncode:
+                    sys.exit(f"{method} {dtype} failed:\n{proc.stderr[-4000:]}")
+                # The last JSON line: libraries may print other lines to stdout.
+                out = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
                 result = json.loads(out)
+                if vllm:
+                    probs = json.loads(probs_file(model_dir, args.rows, method, dtype).read_text())
+                    diff = max(abs(a - b) for p, q in zip(probs, reference) for a, b in zip(p, q))
+                    result["max_abs_diff_vs_fastprm"] = diff
+                    if dtype == "float32" and diff > PARITY_TOL_FP32:
+                        sys.exit(f"{method}: step probabilities differ from fastprm's by {diff:.3g} in fp32")
                 if method not in best or result["seconds"] < best[method]["seconds"]:
                     best[method] = result
         fast = best.get("fastprm")
@@ -189,6 +392,7 @@ def main() -> None:
         "tokens_per_s",
         "peak_rss_mb",
         "fastprm_speedup",
+        "max_abs_diff_vs_fastprm",
     ]
     command = "python benchmarks/bench_score.py " + shlex.join(sys.argv[1:])
     path = write_results(
