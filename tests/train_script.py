@@ -50,6 +50,9 @@ def main() -> None:
     p.add_argument("--save-steps", type=int, default=0)
     p.add_argument("--resume", default=None)
     p.add_argument("--batch-tokens", type=int, default=None)
+    p.add_argument("--packed", action="store_true")
+    p.add_argument("--optim", default="adamw_torch")
+    p.add_argument("--gradient-checkpointing", action="store_true")
     a = p.parse_args()
     prm = PRM.from_pretrained(a.model, dtype=torch.float32)
     data = StepDataset(examples(32), StepTokenizer(prm.tokenizer, prm.convention))
@@ -57,7 +60,8 @@ def main() -> None:
         output_dir=a.out, per_device_train_batch_size=a.per_device_batch, max_steps=a.steps, learning_rate=1e-3,
         train_sampling_strategy="sequential", save_strategy="steps" if a.save_steps else "no",
         save_steps=a.save_steps or 500, report_to=[], logging_steps=1, seed=0, use_cpu=True,
-        batch_tokens=a.batch_tokens, disable_tqdm=True, ddp_backend="gloo" if "RANK" in os.environ else None,
+        batch_tokens=a.batch_tokens, packed=a.packed, optim=a.optim, gradient_checkpointing=a.gradient_checkpointing,
+        disable_tqdm=True, ddp_backend="gloo" if "RANK" in os.environ else None,
     )  # fmt: skip
     trainer = PRMTrainer(prm, args, train_dataset=data, callbacks=[StepCounter()])
     trainer.train(resume_from_checkpoint=a.resume)

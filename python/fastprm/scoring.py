@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .models.prm import PRM
+from .packing import BackboneBatch, pack_rows, pad_rows
 from .tokenization import StepTokenizer, TokenizedSolution
 
 
@@ -105,43 +106,23 @@ class Scorer:
                 results[i] = scores
         return results  # type: ignore[return-value]
 
-    def _unpadded_hidden(self, rows: list[TokenizedSolution]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One unpadded, mask-free forward per row, packed into [N, H]: on CPU this beats padded batches
-        (benchmarks/results/bench_score.md), and no row ever sees padding."""
-        hidden = torch.cat([self.prm.hidden_states(torch.tensor([r.input_ids]))[0] for r in rows])
-        offsets = [0, *torch.tensor([len(r.input_ids) for r in rows]).cumsum(0).tolist()]
-        return hidden, torch.tensor(
-            [o + e for o, r in zip(offsets, rows) for e in r.step_ends], dtype=torch.long
-        )
-
-    def _padded_hidden(self, rows: list[TokenizedSolution]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded batch [B, T] (masked only when lengths differ), viewed as [B * T, H]."""
-        device = self.prm.device
-        T = max(len(r.input_ids) for r in rows)
-        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        for b, r in enumerate(rows):
-            input_ids[b, : len(r.input_ids)] = torch.tensor(r.input_ids)
-        mask = None
-        if any(len(r.input_ids) != T for r in rows):
-            mask = torch.zeros((len(rows), T), dtype=torch.long)
-            for b, r in enumerate(rows):
-                mask[b, : len(r.input_ids)] = 1
-            mask = mask.to(device)
-        hidden = self.prm.hidden_states(input_ids.to(device), attention_mask=mask)
-        step_index = torch.tensor(
-            [b * T + e for b, r in enumerate(rows) for e in r.step_ends], dtype=torch.long
-        )
-        return hidden.reshape(-1, hidden.shape[-1]), step_index
+    def _hidden(self, rows: list[TokenizedSolution]) -> tuple[torch.Tensor, BackboneBatch]:
+        """Hidden states [N, H] of a batch of rows and the batch layout that locates their step rows."""
+        ids, ends = [r.input_ids for r in rows], [r.step_ends for r in rows]
+        if self.unpadded:
+            # One unpadded, mask-free forward per row, concatenated in the packed layout: on CPU this beats
+            # padded batches (benchmarks/results/bench_score.md), and no row ever sees padding.
+            batch = pack_rows(ids, ends)
+            device = self.prm.device
+            hidden = torch.cat([self.prm.hidden_states(torch.tensor([row], device=device))[0] for row in ids])
+        else:
+            batch = pad_rows(ids, ends, self.pad_id).to(self.prm.device)
+            hidden = self.prm.hidden_states(batch.input_ids, attention_mask=batch.attention_mask)
+        return hidden.reshape(-1, hidden.shape[-1]), batch.to(self.prm.device)
 
     def _score_batch(self, rows: list[TokenizedSolution]) -> Iterator[SolutionScores]:
-        device = self.prm.device
-        if self.unpadded:
-            hidden, step_index = self._unpadded_hidden(rows)
-        else:
-            hidden, step_index = self._padded_hidden(rows)
-        counts = torch.tensor([len(r.step_ends) for r in rows])
-        cu_steps = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-        out = self.prm.score_hidden(hidden, step_index.to(device), cu_steps.to(device), self.threshold)
+        hidden, batch = self._hidden(rows)
+        out = self.prm.score_hidden(hidden, batch.step_index, batch.cu_steps, self.threshold)
         per_seq = {k: getattr(out, k).float().cpu().tolist() for k in ("min", "prod", "mean", "last")}
         first_error = out.first_error.cpu().tolist()
         for b, (r, probs) in enumerate(zip(rows, out.per_sequence())):

@@ -59,7 +59,7 @@ def train(args: argparse.Namespace) -> int:
     if args.lora_r:
         prm = add_lora(prm, args.lora_r, args.lora_alpha)
     if args.gradient_checkpointing:
-        prm.backbone.gradient_checkpointing_enable()
+        prm.activation_checkpointing_enable()
     max_length = args.max_length or getattr(prm.backbone.config, "max_position_embeddings", None)
     step_tokenizer = StepTokenizer(
         prm.tokenizer, prm.convention, max_length=max_length, truncation="drop-steps"
@@ -76,6 +76,7 @@ def train(args: argparse.Namespace) -> int:
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size,
         batch_tokens=args.batch_tokens,
+        packed=args.packed,
         label_mode=args.label_mode,
         pos_weight=args.pos_weight,
         eval_strategy="steps" if eval_data is not None else "no",
@@ -125,6 +126,9 @@ def add_train_command(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
         "--batch-tokens", type=int, default=None, help="token budget per batch instead of a fixed batch size"
+    )
+    p.add_argument(
+        "--packed", action="store_true", help="pack each batch into one varlen sequence (no padding tokens)"
     )
     p.add_argument("--label-mode", default="all", choices=["all", "last", "first_error"])
     p.add_argument("--pos-weight", type=float, default=None)

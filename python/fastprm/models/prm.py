@@ -193,14 +193,31 @@ class PRM(nn.Module):
         attention_mask: torch.Tensor | None,
         step_index: torch.Tensor,
         cu_steps: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward: [B, T] ids -> (step_logits [K, C], step_probs [K]) for the given step rows.
 
-        ``step_index`` holds flat rows of the [B * T] hidden states; no per-token logits are computed.
+        ``step_index`` holds flat rows of the [B * T] hidden states; no per-token logits are computed. For a
+        packed varlen batch pass input_ids [1, N] with ``position_ids`` restarting at 0 for every row and no
+        mask (see :func:`fastprm.packing.pack_rows`).
         """
-        hidden = self.hidden_states(input_ids, attention_mask)
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        hidden = self.hidden_states(input_ids, attention_mask, **extra)
         scores = self.score_hidden(hidden.reshape(-1, hidden.shape[-1]), step_index, cu_steps)
         return scores.step_logits, scores.step_probs
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **options):
+        """Recomputes backbone activations in backward; what ``Trainer`` calls for
+        ``gradient_checkpointing=True``. Non-reentrant by default, so a frozen embedding (LoRA) is fine."""
+        kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        if hasattr(self.backbone, "activation_checkpointing_enable"):  # transformers >= 5.x
+            self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **options)
+        else:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options):
+        """The older transformers name of :meth:`activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
 
     def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]], **kwargs):
         """Scores solutions step by step; see :class:`fastprm.scoring.Scorer` for the options."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..packing import pack_rows, pad_rows
 from ..scoring import token_budget_batches
 from ..tokenization import StepTokenizer
 
@@ -52,35 +53,22 @@ class StepDataset(Dataset):
 
 
 class StepCollator:
-    """Right-pads a list of items into one batch for :meth:`fastprm.models.PRM.forward`.
+    """Collates items into one batch for :meth:`fastprm.models.PRM.forward`: right-padded [B, T] rows, or
+    with ``packed=True`` one [1, N] varlen sequence with per-row position_ids (no padding tokens at all).
 
-    Returns input_ids / attention_mask [B, T] int64, step_index [K] (flat rows of the [B * T] hidden states),
-    cu_steps [B + 1] and step_labels [K] float32.
+    Returns input_ids, attention_mask (None unless padded rows differ in length), position_ids (packed
+    only), step_index [K] (flat rows of the hidden states), cu_steps [B + 1] and step_labels [K] float32.
     """
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, packed: bool = False):
         self.pad_id = pad_id
+        self.packed = packed
 
-    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
-        T = max(len(it["input_ids"]) for it in items)
-        input_ids = torch.full((len(items), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), T), dtype=torch.long)
-        for b, it in enumerate(items):
-            input_ids[b, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
-            mask[b, : len(it["input_ids"])] = 1
-        step_index = torch.tensor(
-            [b * T + e for b, it in enumerate(items) for e in it["step_ends"]], dtype=torch.long
-        )
-        counts = torch.tensor([len(it["step_ends"]) for it in items])
-        cu_steps = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor | None]:
+        ids, ends = [it["input_ids"] for it in items], [it["step_ends"] for it in items]
+        batch = pack_rows(ids, ends) if self.packed else pad_rows(ids, ends, self.pad_id)
         labels = torch.tensor([x for it in items for x in it["step_labels"]], dtype=torch.float32)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": mask,
-            "step_index": step_index,
-            "cu_steps": cu_steps,
-            "step_labels": labels,
-        }
+        return {**vars(batch), "step_labels": labels}
 
 
 class TokenBudgetBatchSampler(Sampler[list[int]]):

@@ -24,6 +24,10 @@ class PRMTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "token budget per batch (length-sorted batches); default: fixed batch size"},
     )
+    packed: bool = field(
+        default=False,
+        metadata={"help": "pack each batch into one varlen sequence (no padding) instead of right-padding"},
+    )
     remove_unused_columns: bool = False
 
 
@@ -37,7 +41,7 @@ class PRMTrainer(Trainer):
 
     def __init__(self, model, args: PRMTrainingArguments, pad_id: int | None = None, **kwargs):
         pad_id = pad_id if pad_id is not None else (model.tokenizer.pad_token_id or 0)
-        kwargs.setdefault("data_collator", StepCollator(pad_id))
+        kwargs.setdefault("data_collator", StepCollator(pad_id, packed=args.packed))
         kwargs.setdefault("compute_metrics", step_metrics)
         super().__init__(model=model, args=args, **kwargs)
         self.loss_is_scaled_for_ga = False  # a per-batch mean: Trainer divides by the accumulation steps
@@ -57,7 +61,11 @@ class PRMTrainer(Trainer):
 
     def _step_loss(self, model, inputs):
         step_logits, step_probs = model(
-            inputs["input_ids"], inputs["attention_mask"], inputs["step_index"], inputs["cu_steps"]
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            inputs["step_index"],
+            inputs["cu_steps"],
+            position_ids=inputs.get("position_ids"),
         )
         unwrapped = self.accelerator.unwrap_model(model)
         labels, cu_steps = inputs["step_labels"], inputs["cu_steps"]
