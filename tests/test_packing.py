@@ -46,7 +46,9 @@ def prm(tmp_path_factory):
 
 def _logits_and_grads(prm, batch, labels):
     prm.zero_grad()
-    logits, _ = prm(batch.input_ids, batch.attention_mask, batch.step_index, batch.cu_steps, batch.position_ids)
+    logits, _ = prm(
+        batch.input_ids, batch.attention_mask, batch.step_index, batch.cu_steps, batch.position_ids
+    )
     step_bce(logits, labels, batch.cu_steps).backward()
     return logits.detach(), {k: p.grad.clone() for k, p in prm.named_parameters() if p.grad is not None}
 

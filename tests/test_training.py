@@ -86,7 +86,9 @@ def test_token_budget_batches(model_dir, tmp_path):
 # move a parameter by ~lr; with SGD parameters differ by lr x the gradient difference (tests/test_packing.py).
 def test_packed_batches_train_like_padded_ones(model_dir, tmp_path):
     padded, padded_losses = train(model_dir, tmp_path / "padded", "--steps", "3", "--optim", "sgd")
-    packed, packed_losses = train(model_dir, tmp_path / "packed", "--steps", "3", "--optim", "sgd", "--packed")
+    packed, packed_losses = train(
+        model_dir, tmp_path / "packed", "--steps", "3", "--optim", "sgd", "--packed"
+    )
     assert max(abs(a - b) for a, b in zip(padded_losses, packed_losses)) <= 1e-5
     assert max_diff(padded, packed) <= 1e-6
 
