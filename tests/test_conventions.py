@@ -118,6 +118,22 @@ def test_fastprm_format_round_trip(tmp_path):
     assert a == b
 
 
+def test_round_trip_keeps_a_new_word_level_tokenizer(tmp_path):
+    """A tokenizer trained for a new model must come back as saved, not rebuilt as the backbone family's
+    (transformers would pick Qwen2's BPE tokenizer from config.json and drop words)."""
+    from fastprm.demo import build_tokenizer
+    from fastprm.models import CONVENTIONS
+
+    text = "tom has 3 apples . 3 + 4 = 7 ."
+    tok = build_tokenizer([text], tmp_path / "tok")
+    convention = CONVENTIONS["token-classification"].with_overrides(separator="<step>")
+    prm = PRM.from_config(ck.tiny_qwen2_config(len(tok)).to_dict(), tmp_path / "tok", convention)
+    prm.save_pretrained(tmp_path / "model")
+    again = PRM.from_pretrained(tmp_path / "model", dtype=torch.float32)
+    assert again.tokenizer(text)["input_ids"] == tok(text)["input_ids"]
+    assert tok.unk_token_id not in tok(text)["input_ids"]
+
+
 def test_overrides(tmp_path):
     ck.write_token_classification(tmp_path)
     prm = PRM.from_pretrained(tmp_path, dtype=torch.float32, separator="\n\n", positive_class=0)

@@ -75,3 +75,23 @@ def test_packed_and_padded_batches_agree_forward_and_backward(prm, checkpointing
     assert padded[1].keys() == packed[1].keys()
     for name in padded[1]:
         torch.testing.assert_close(packed[1][name], padded[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_varlen_attention_matches_transformers_sdpa(prm):
+    """fastprm's default CPU attention (per-row causal SDPA) against transformers' masked SDPA."""
+    assert prm.backbone.config._attn_implementation == "fastprm_varlen"
+    rows = [[5, 6, 7, 8, 9, 10, 11], [12], [13, 14, 15]]
+    batch = pad_rows(rows, [[6], [0], [2]], pad_id=0)
+    varlen = prm.hidden_states(batch.input_ids, batch.attention_mask)
+    prm.backbone.set_attn_implementation("sdpa")
+    try:
+        sdpa = prm.hidden_states(batch.input_ids, batch.attention_mask)
+    finally:
+        prm.backbone.set_attn_implementation("fastprm_varlen")
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(varlen[real], sdpa[real], atol=1e-5, rtol=0)
+
+
+def test_varlen_attention_rejects_left_padding(prm):
+    with pytest.raises(ValueError, match="right-padded"):
+        prm.hidden_states(torch.tensor([[0, 5, 6]]), torch.tensor([[0, 1, 1]]))

@@ -89,7 +89,8 @@ def train(args: argparse.Namespace) -> int:
         seed=args.seed,
         bf16=dtype == torch.bfloat16,
         report_to=[],
-        train_sampling_strategy="group_by_length",
+        # Length grouping only saves padding; packed batches have none, so they draw rows at random.
+        train_sampling_strategy="random" if args.packed else "group_by_length",
     )
     trainer = PRMTrainer(prm, training_args, train_dataset=train_data, eval_dataset=eval_data)
     trainer.train(resume_from_checkpoint=args.resume)
@@ -128,7 +129,9 @@ def add_train_command(sub) -> None:
         "--batch-tokens", type=int, default=None, help="token budget per batch instead of a fixed batch size"
     )
     p.add_argument(
-        "--packed", action="store_true", help="pack each batch into one varlen sequence (no padding tokens)"
+        "--packed",
+        action="store_true",
+        help="pack each batch into one varlen sequence (no padding tokens; rows drawn at random, not grouped by length)",
     )
     p.add_argument("--label-mode", default="all", choices=["all", "last", "first_error"])
     p.add_argument("--pos-weight", type=float, default=None)

@@ -38,3 +38,23 @@ def read_tensors(path: str | Path, prefix: str) -> dict[str, torch.Tensor]:
 
 def tensor_names(path: str | Path) -> set[str]:
     return set(_files_by_tensor(Path(path)))
+
+
+# Tokenizer classes that mean "exactly what tokenizer.json says" rather than a model family's tokenizer.
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved in ``path``, exactly as saved.
+
+    ``AutoTokenizer`` lets a directory's config.json pick the tokenizer class: a generic tokenizer (e.g. a
+    word-level one trained for a new model) saved next to a Qwen2 config would be rebuilt as a Qwen2 BPE
+    tokenizer and silently drop words. Generic tokenizers are therefore loaded from tokenizer.json as is.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(path) / "tokenizer_config.json"
+    declared = json.loads(config.read_text()).get("tokenizer_class") if config.exists() else None
+    if declared in _GENERIC_TOKENIZERS:
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)

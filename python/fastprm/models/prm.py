@@ -12,7 +12,8 @@ from torch import nn
 
 from .. import _native
 from ..ops import StepScores, score_steps
-from .checkpoint import read_tensors, tensor_names
+from . import varlen_attention
+from .checkpoint import load_tokenizer, read_tensors, tensor_names
 from .conventions import CONVENTIONS, FASTPRM_CONFIG, LINEAR, LM_PAIR, MLP, Convention, get_convention
 from .heads import build_head
 
@@ -22,6 +23,12 @@ def default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16
     return torch.bfloat16 if "avx512_bf16" in _native.available_isas() else torch.float32
+
+
+def default_attention(device: torch.device) -> str | None:
+    """fastprm's varlen attention on CPU (packed batches cost sum(L^2), never N^2); on GPUs transformers'
+    own choice (flash-attention 2 handles packed batches natively when installed)."""
+    return varlen_attention.register() if device.type == "cpu" else None
 
 
 class PRM(nn.Module):
@@ -61,6 +68,7 @@ class PRM(nn.Module):
         template: str | None = None,
         positive_class: int | None = None,
         system_prompt: str | None = None,
+        attn_implementation: str | None = None,
     ) -> PRM:
         """Loads a local Hugging Face-format PRM directory (config.json, safetensors, tokenizer files).
 
@@ -72,8 +80,9 @@ class PRM(nn.Module):
             device: default CPU.
             separator, good_token, bad_token, template, positive_class, system_prompt: override the
                 convention's defaults.
+            attn_implementation: the backbone's attention; default :func:`default_attention` of the device.
         """
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel
 
         path = Path(path)
         conv = get_convention(convention, path).with_overrides(
@@ -87,8 +96,14 @@ class PRM(nn.Module):
         device = torch.device(device or "cpu")
         dtype = dtype or default_dtype(device)
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        backbone = AutoModel.from_pretrained(path, config=config, dtype=dtype, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        backbone = AutoModel.from_pretrained(
+            path,
+            config=config,
+            dtype=dtype,
+            trust_remote_code=False,
+            attn_implementation=attn_implementation or default_attention(device),
+        )
+        tokenizer = load_tokenizer(path)
         head = _load_head(path, conv, config.hidden_size, tokenizer)
         model = cls(backbone, head.to(dtype), conv, tokenizer).to(device)
         return model.eval()
@@ -101,6 +116,7 @@ class PRM(nn.Module):
         convention: str | Convention = "token-classification",
         num_classes: int | None = None,
         dtype: torch.dtype = torch.float32,
+        attn_implementation: str | None = None,
     ) -> PRM:
         """A new PRM with random weights (training from scratch).
 
@@ -109,15 +125,20 @@ class PRM(nn.Module):
             tokenizer: a tokenizer object or a directory to load one from.
             convention: a built-in convention name or a :class:`Convention`.
             num_classes: head outputs; default 1 for a value head, else 2.
+            attn_implementation: the backbone's attention; default :func:`default_attention` of the CPU.
         """
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel
 
         conv = CONVENTIONS[convention] if isinstance(convention, str) else convention
         if isinstance(tokenizer, (str, Path)):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+            tokenizer = load_tokenizer(tokenizer)
         fields = dict(backbone_config)
         config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-        backbone = AutoModel.from_config(config, dtype=dtype)
+        backbone = AutoModel.from_config(
+            config,
+            dtype=dtype,
+            attn_implementation=attn_implementation or default_attention(torch.device("cpu")),
+        )
         if num_classes is None:
             num_classes = 1 if conv.name == "value-head" else 2
         head = build_head(conv, config.hidden_size, num_classes).to(dtype)
