@@ -165,3 +165,44 @@ def test_train_cli_from_a_new_model_config_then_score(tmp_path):
     )
     scored = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert len(scored) == 12 and all(len(r["scores"]["step_scores"]) == 2 for r in scored)
+
+
+def test_lora_with_gradient_checkpointing_trains_adapters_and_saves_merged(model_dir, tmp_path):
+    """peft LoRA on every linear layer: embeddings stay frozen, merged adapters change the linear weights,
+    and the saved model scores."""
+    import json
+
+    from fastprm.cli import main
+    from fastprm.models import PRM
+
+    rows = [
+        {
+            "prompt": f"What is {i} + 2?",
+            "completions": [f"{i} + 2 = {i + 2 + i % 2}."],
+            "labels": [i % 2 == 0],
+        }
+        for i in range(16)
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "lora"
+    args = ["train", "--model", str(model_dir), "--data", str(tmp_path / "train.jsonl"), "--output", str(out)]
+    options = [
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-2",
+        "--lora-r",
+        "4",
+        "--gradient-checkpointing",
+    ]
+    assert main([*args, *options]) == 0
+    before = PRM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+    after = PRM.from_pretrained(out, dtype=torch.float32)
+    trained = after.state_dict()
+    assert torch.equal(trained["backbone.embed_tokens.weight"], before["backbone.embed_tokens.weight"])
+    q_proj = "backbone.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(trained[q_proj], before[q_proj])
+    assert not any("lora" in name for name in trained)
+    assert len(after.score(["What is 1 + 2?"], [["1 + 2 = 3."]])[0].step_scores) == 1
