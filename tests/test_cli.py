@@ -94,3 +94,27 @@ def test_too_long_row_is_named(model_dir, tmp_path):
         run(model_dir, tmp_path, rows, "--max-length", "40")
     _, out = run(model_dir, tmp_path, rows, "--max-length", "40", "--truncation", "left-truncate-prompt")
     assert out[1]["scores"]["prompt_tokens_dropped"] > 0
+
+
+def test_pre_tokenized_rows_find_their_steps(model_dir, tmp_path):
+    """Find mode: ids with the separator id in them (as an RL trainer holds them) score like the text row."""
+    prm = PRM.from_pretrained(model_dir, dtype=torch.float32)
+    problem, steps = "3+3?", ["3+3=6.", "So 6."]
+    from fastprm.tokenization import StepTokenizer
+
+    ids = StepTokenizer(prm.tokenizer, prm.convention)([problem], [steps])[0].input_ids
+    vocab = len(prm.tokenizer)
+    rows = [
+        {"input_ids": ids},
+        {"input_ids": ids[:3]},  # no separator: no step
+        {"input_ids": [1, vocab]},  # out of the vocabulary
+        {"input_ids": "not ids"},
+        {"problem": problem, "steps": steps},
+    ]
+    code, out = run(model_dir, tmp_path, rows, "--skip-bad-rows")
+    assert code == 0
+    assert out[0]["scores"]["step_scores"] == out[4]["scores"]["step_scores"]
+    assert len(out[0]["scores"]["step_scores"]) == 2
+    assert "in.jsonl:2" in out[1]["error"] and "no step" in out[1]["error"]
+    assert "in.jsonl:3" in out[2]["error"] and "token ids" in out[2]["error"]
+    assert "in.jsonl:4" in out[3]["error"]

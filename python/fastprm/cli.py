@@ -68,23 +68,29 @@ def _score(args: argparse.Namespace) -> int:
 def _tokenize_chunk(scorer, chunk: list, path: str) -> list:
     """Each row as (row, tokenized), or a BadRow naming its line (e.g. too long for max_length).
 
-    Tokenizes the whole chunk in one batch; only when that fails are rows retried one by one to find the bad ones.
+    Text rows are tokenized in one batch; only when that fails are they retried one by one to find the bad
+    ones. Pre-tokenized rows go through find mode (:meth:`~fastprm.tokenization.StepTokenizer.from_ids`).
     """
     from .io import BadRow
 
-    rows = [r for r in chunk if not isinstance(r, BadRow)]
-    try:
-        done = iter(zip(rows, scorer.tokenizer([r.problem for r in rows], [r.steps for r in rows])))
-        return [r if isinstance(r, BadRow) else next(done) for r in chunk]
-    except ValueError:
-        pass
-    out = []
-    for r in chunk:
+    def one(r) -> tuple | BadRow:
         try:
-            out.append(r if isinstance(r, BadRow) else (r, scorer.tokenizer([r.problem], [r.steps])[0]))
+            if r.input_ids is not None:
+                return r, scorer.tokenizer.from_ids(r.input_ids, r.line)
+            return r, scorer.tokenizer([r.problem], [r.steps], first_row=r.line)[0]
         except ValueError as err:
-            out.append(BadRow(f"{path}:{r.line}: {err}"))
-    return out
+            return BadRow(f"{path}:{r.line}: {err}")
+
+    text = [r for r in chunk if not isinstance(r, BadRow) and r.input_ids is None]
+    try:
+        batched = dict(
+            zip(map(id, text), scorer.tokenizer([r.problem for r in text], [r.steps for r in text]))
+        )
+    except ValueError:
+        batched = {}
+    return [
+        r if isinstance(r, BadRow) else ((r, batched[id(r)]) if id(r) in batched else one(r)) for r in chunk
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--input",
         required=True,
-        help="JSONL rows: {problem, steps}, ProcessBench, TRL {prompt, completions}, or {problem, solution} with --split-steps",
+        help="JSONL rows: {problem, steps}, ProcessBench, TRL {prompt, completions}, {problem, solution} with "
+        "--split-steps, or pre-tokenized {input_ids} whose separator ids mark the steps (find mode)",
     )
     score.add_argument("--output", required=True, help="JSONL: each input row plus its 'scores'")
     score.add_argument(

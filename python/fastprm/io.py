@@ -1,4 +1,5 @@
-"""Reading scoring input rows: {problem, steps}, ProcessBench, TRL stepwise, or {problem, solution} + split."""
+"""Reading scoring input rows: {problem, steps}, ProcessBench, TRL stepwise, {problem, solution} + split, or
+pre-tokenized {input_ids} (find mode)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,13 @@ class BadRow(ValueError):
 
 @dataclass
 class InputRow:
+    """One row to score: text (problem + steps), or pre-tokenized ``input_ids`` whose separators mark steps."""
+
     line: int
     record: dict
-    problem: str
-    steps: list[str]
+    problem: str = ""
+    steps: list[str] | None = None
+    input_ids: list[int] | None = None
 
 
 def row_problem_and_steps(record: dict, split_steps: str | None = None) -> tuple[str, list[str]]:
@@ -57,6 +61,9 @@ def read_rows(
                 continue
             try:
                 record = json.loads(raw.decode("utf-8"))
+                if isinstance(record, dict) and "input_ids" in record:
+                    yield InputRow(line_no, record, input_ids=record["input_ids"])
+                    continue
                 problem, steps = row_problem_and_steps(record, split_steps)
             except (ValueError, UnicodeDecodeError) as err:
                 yield BadRow(f"{path}:{line_no}: {err}")

@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from .models.conventions import PLAIN, PROBLEM_NEWLINE, QUESTION_SPACE, QWEN_CHAT, Convention
+from .ops import find_steps
 
 TRUNCATION_MODES = ("error", "left-truncate-prompt", "drop-steps")
 
@@ -138,6 +141,32 @@ class StepTokenizer:
         for r, (pids, steps) in enumerate(zip(problem_ids, solutions)):
             rows.append(self._assemble(pids, [next(step_ids) for _ in steps], first_row + r))
         return rows
+
+    def from_ids(self, input_ids: Sequence[int], row: int = 0) -> TokenizedSolution:
+        """Find mode: a pre-tokenized sequence (e.g. from an RL trainer) whose separator tokens mark the steps.
+
+        Every occurrence of the convention's one-token separator ends a step (found by the fused op's
+        :func:`fastprm.ops.find_steps`). The ids are taken as given: it is the caller's tokenization that
+        decided where separators are. Errors name ``row``.
+        """
+        if len(self.separator_ids) != 1:
+            raise ValueError(
+                f"find mode needs a one-token separator; {self.convention.separator!r} is {self.separator_ids}"
+            )
+        vocab = len(self.tokenizer)
+        if not isinstance(input_ids, (list, tuple)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in input_ids
+        ):
+            raise ValueError(f"row {row}: input_ids must be a list of token ids in [0, {vocab})")
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            raise ValueError(f"row {row}: {len(input_ids)} tokens exceed max_length={self.max_length}")
+        ids = torch.tensor(input_ids, dtype=torch.long)
+        step_index, _ = find_steps(ids, torch.tensor([0, len(input_ids)]), self.separator_ids)
+        if step_index.numel() == 0:
+            raise ValueError(
+                f"row {row}: input_ids hold no separator id {self.separator_ids[0]}: no step to score"
+            )
+        return TokenizedSolution(list(input_ids), step_index.tolist())
 
     def _assemble(self, problem_ids: list[int], step_ids: list[list[int]], row: int) -> TokenizedSolution:
         head, before, _, mid, tail = self._frame()
