@@ -39,7 +39,15 @@ from common import markdown_table, write_results
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 VLLM_METHODS = ("vllm", "vllm_eager")
-METHODS = ("fastprm", "recipe_b1", "recipe_b8", "backbone_b1", "backbone_buckets", *VLLM_METHODS)
+METHODS = (
+    "fastprm",
+    "fastprm_compiled",
+    "recipe_b1",
+    "recipe_b8",
+    "backbone_b1",
+    "backbone_buckets",
+    *VLLM_METHODS,
+)
 # Same default place as setup_vllm_venv.sh, which honours the same variable.
 VLLM_VENV = Path(os.environ.get("FASTPRM_VLLM_VENV", ROOT / ".venvs" / "vllm"))
 PARITY_ROWS = 8  # rows whose vLLM step probabilities are compared with fastprm's
@@ -108,8 +116,13 @@ def run_method(method: str, model_dir: Path, dtype: torch.dtype, n_rows: int, ba
 
     problems, solutions = load_rows(n_rows)
     start = time.perf_counter()
-    if method == "fastprm":
-        scorer = Scorer(PRM.from_pretrained(model_dir, dtype=dtype), batch_tokens=batch_tokens)
+    if method in ("fastprm", "fastprm_compiled"):
+        compiled = method == "fastprm_compiled"
+        scorer = Scorer(
+            PRM.from_pretrained(model_dir, dtype=dtype), batch_tokens=batch_tokens, compile=compiled
+        )
+        if compiled:  # compilation is excluded, as vLLM's is: compile on a few rows first
+            scorer.score(problems[:4], solutions[:4])
         start = time.perf_counter()
         tokenized = scorer.tokenizer(problems, solutions)
         out = scorer.score_tokenized(tokenized)

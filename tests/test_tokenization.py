@@ -89,3 +89,20 @@ def test_batch_invariance_alone_vs_batch_of_64(qwen_prm, unpadded):
         torch.testing.assert_close(
             torch.tensor(alone.step_scores), torch.tensor(batch[i].step_scores), atol=1e-5, rtol=0
         )
+
+
+def test_compiled_backbone_scores_like_eager(tmp_path):
+    """Scorer(compile=True): rows of different lengths (dynamic shapes) give the eager step scores."""
+    ck.write_qwen25_math_prm(tmp_path)
+    problems = ["What is 2 + 3?", "How many eggs are left after three were eaten?"]
+    solutions = [["2 + 3 = 5.", "The answer is 5."], ["12 - 3 = 9.", "So 9 eggs.", "The answer is 9."]]
+    eager = PRM.from_pretrained(tmp_path, dtype=torch.float32).score(problems, solutions)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled = PRM.from_pretrained(tmp_path, dtype=torch.float32).score(problems, solutions, compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # the backbone really ran compiled
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(
+            torch.tensor(b.step_scores), torch.tensor(a.step_scores), atol=1e-5, rtol=0
+        )

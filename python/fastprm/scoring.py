@@ -70,9 +70,11 @@ class Scorer:
         truncation: ``error`` (default), ``left-truncate-prompt`` or ``drop-steps``.
         threshold: ``first_error`` threshold.
         unpadded: one mask-free forward per row instead of padded batches (default: on CPU).
+        compile: run the backbone through ``torch.compile(dynamic=True)``: about 30 s of compilation for the
+            first rows, then ~1.1x faster on CPU (fp32, Qwen2.5-0.5B widths); worth it for large jobs.
     """
 
-    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold", "unpadded")
+    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold", "unpadded", "compile")
 
     def __init__(
         self,
@@ -82,8 +84,12 @@ class Scorer:
         truncation: str = "error",
         threshold: float = 0.5,
         unpadded: bool | None = None,
+        compile: bool = False,
     ):
         self.prm = prm
+        if compile:
+            # Compiles the backbone module in place (its forward), so the PRM and its head stay as they are.
+            prm.backbone.compile(dynamic=True)
         self.unpadded = prm.device.type == "cpu" if unpadded is None else unpadded
         self.batch_tokens = batch_tokens
         self.threshold = threshold
