@@ -225,6 +225,8 @@ def training_kwargs(plan: dict, output_dir: str) -> dict:
         "data_seed": plan["seed"],
         "bf16": plan["dtype"] == "bfloat16",
         "gradient_checkpointing": plan["gradient_checkpointing"],
+        # The same recompute flavour for both (PRM defaults to non-reentrant; say it for TRL's model too).
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
         "train_sampling_strategy": "sequential",  # the parent already shuffled the rows once, for both
         "save_strategy": "no",
         "logging_steps": max(plan["steps"], 1),
@@ -234,10 +236,23 @@ def training_kwargs(plan: dict, output_dir: str) -> dict:
     }
 
 
+def finish_record(record: dict, token_hash: TokenHash, args, **trainer_version: str) -> None:
+    """What both children report after training besides the timings: the token hash, the optimizer and
+    the library versions."""
+    import torch
+    import transformers
+
+    record.update(
+        token_hash=token_hash.digest.hexdigest(),
+        dataset_tokens=token_hash.tokens,
+        optim=str(getattr(args.optim, "value", args.optim)),
+        versions={"torch": torch.__version__, "transformers": transformers.__version__, **trainer_version},
+    )
+
+
 def run_trl(plan: dict, record: dict) -> None:
     """TRL's PRMTrainer as its docs use it: AutoModelForTokenClassification, stepwise rows, PRMConfig."""
     import torch
-    import transformers
     import trl
     from datasets import Dataset
     from transformers import AutoModelForTokenClassification, AutoTokenizer
@@ -265,23 +280,13 @@ def run_trl(plan: dict, record: dict) -> None:
         token_hash.add(item["input_ids"], [(p, int(x)) for p, x in enumerate(labels) if x != -100])
     trainer.train()
     assert "fastprm" not in sys.modules, "the TRL child must not import fastprm"
-    record.update(
-        token_hash=token_hash.digest.hexdigest(),
-        dataset_tokens=token_hash.tokens,
-        optim=str(getattr(config.optim, "value", config.optim)),
-        versions={
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "trl": trl.__version__,
-        },
-    )
+    finish_record(record, token_hash, config, trl=trl.__version__)
 
 
 def run_fastprm(plan: dict, record: dict, overrides: dict) -> None:
     """fastprm's PRMTrainer wired as ``fastprm train`` wires it (PRM.from_pretrained, StepTokenizer,
     load_step_examples, StepDataset), reading the same TRL-format rows."""
     import torch
-    import transformers
 
     import fastprm
     from fastprm.data import load_step_examples
@@ -292,10 +297,7 @@ def run_fastprm(plan: dict, record: dict, overrides: dict) -> None:
     dtype = getattr(torch, plan["dtype"])
     prm = PRM.from_pretrained(plan["model"], dtype=dtype)
     assert prm.convention.name == "token-classification", prm.convention
-    if plan["gradient_checkpointing"]:
-        prm.backbone.gradient_checkpointing_enable()  # PRM is not a PreTrainedModel: enable on the backbone
     kwargs = training_kwargs(plan, str(Path(plan["workdir"]) / f"out-{record['method']}"))
-    kwargs["gradient_checkpointing"] = False  # Trainer would call PRM.gradient_checkpointing_enable (absent)
     if overrides.get("batch_tokens"):
         kwargs.pop("train_sampling_strategy")  # token-budget batches come with their own seeded sampler
     args = PRMTrainingArguments(**{**kwargs, **overrides})
@@ -312,16 +314,7 @@ def run_fastprm(plan: dict, record: dict, overrides: dict) -> None:
         labelled = [(e, int(x)) for e, x in zip(item["step_ends"], item["step_labels"])]
         token_hash.add(item["input_ids"], labelled)
     trainer.train()
-    record.update(
-        token_hash=token_hash.digest.hexdigest(),
-        dataset_tokens=token_hash.tokens,
-        optim=str(getattr(args.optim, "value", args.optim)),
-        versions={
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "fastprm": getattr(fastprm, "__version__", "?"),
-        },
-    )
+    finish_record(record, token_hash, args, fastprm=getattr(fastprm, "__version__", "?"))
 
 
 def child(plan_path: str, method: str, out_path: str) -> None:
