@@ -84,14 +84,18 @@ def _tokenize_chunk(scorer, chunk: list, path: str) -> list:
 
     text = [r for r in chunk if not isinstance(r, BadRow) and r.input_ids is None]
     try:
-        batched = dict(
-            zip(map(id, text), scorer.tokenizer([r.problem for r in text], [r.steps for r in text]))
-        )
+        batched = iter(scorer.tokenizer([r.problem for r in text], [r.steps for r in text]))
     except ValueError:
-        batched = {}
-    return [
-        r if isinstance(r, BadRow) else ((r, batched[id(r)]) if id(r) in batched else one(r)) for r in chunk
-    ]
+        batched = None
+    out = []
+    for r in chunk:
+        if isinstance(r, BadRow):
+            out.append(r)
+        elif r.input_ids is None and batched is not None:
+            out.append((r, next(batched)))
+        else:
+            out.append(one(r))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
