@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .. import _native
 from ..ops import StepScores, score_steps
 from . import varlen_attention
 from .checkpoint import load_tokenizer, read_tensors, tensor_names
 from .conventions import CONVENTIONS, FASTPRM_CONFIG, LINEAR, LM_PAIR, MLP, Convention, get_convention
+from .cpu_bf16 import bf16_matmuls, native_bf16
 from .heads import build_head
 
 
@@ -22,7 +22,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on a GPU or a CPU with native bf16 math (AVX512-BF16 / AMX), else fp32."""
     if device.type == "cuda":
         return torch.bfloat16
-    return torch.bfloat16 if "avx512_bf16" in _native.available_isas() else torch.float32
+    return torch.bfloat16 if native_bf16() else torch.float32
 
 
 def default_attention(device: torch.device) -> str | None:
@@ -190,14 +190,16 @@ class PRM(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> torch.Tensor:
         """Last hidden states of the backbone (no LM head, no KV cache): [B, T, H]."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        with bf16_matmuls(self.device, self.dtype):
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         return out.last_hidden_state
 
     def score_hidden(
         self, hidden: torch.Tensor, step_index: torch.Tensor, cu_steps: torch.Tensor, threshold: float = 0.5
     ) -> StepScores:
         """Fused head + per-sequence reductions over the step rows of [N, H] hidden states."""
-        rows, row_index, weight, bias = self.head.project(hidden, step_index)
+        with bf16_matmuls(self.device, self.dtype):
+            rows, row_index, weight, bias = self.head.project(hidden, step_index)
         return score_steps(
             rows,
             weight,
