@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .models.prm import PRM
-from .packing import BackboneBatch, pack_rows, pad_rows
+from .packing import cu_seqlens, pad_rows
 from .tokenization import StepTokenizer, TokenizedSolution
 
 
@@ -112,23 +112,30 @@ class Scorer:
                 results[i] = scores
         return results  # type: ignore[return-value]
 
-    def _hidden(self, rows: list[TokenizedSolution]) -> tuple[torch.Tensor, BackboneBatch]:
-        """Hidden states [N, H] of a batch of rows and the batch layout that locates their step rows."""
+    def _step_hidden(self, rows: list[TokenizedSolution]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states [K, H] of the step rows of a batch of rows, and cu_steps [B + 1]."""
         ids, ends = [r.input_ids for r in rows], [r.step_ends for r in rows]
+        device = self.prm.device
         if self.unpadded:
-            # One unpadded, mask-free forward per row, concatenated in the packed layout: on CPU this beats
-            # padded batches (benchmarks/results/bench_score.md), and no row ever sees padding.
-            batch = pack_rows(ids, ends)
-            device = self.prm.device
-            hidden = torch.cat([self.prm.hidden_states(torch.tensor([row], device=device))[0] for row in ids])
-        else:
-            batch = pad_rows(ids, ends, self.pad_id).to(self.prm.device)
-            hidden = self.prm.hidden_states(batch.input_ids, attention_mask=batch.attention_mask)
-        return hidden.reshape(-1, hidden.shape[-1]), batch.to(self.prm.device)
+            # One unpadded, mask-free forward per row: on CPU this beats padded batches
+            # (benchmarks/results/bench_score.md), and no row ever sees padding.
+            hidden = torch.cat(
+                [
+                    self.prm.step_hidden_states(
+                        torch.tensor([row], device=device), torch.tensor(e, dtype=torch.long, device=device)
+                    )
+                    for row, e in zip(ids, ends)
+                ]
+            )
+            return hidden, cu_seqlens([len(e) for e in ends]).to(device)
+        batch = pad_rows(ids, ends, self.pad_id).to(device)
+        hidden = self.prm.step_hidden_states(batch.input_ids, batch.step_index, batch.attention_mask)
+        return hidden, batch.cu_steps
 
     def _score_batch(self, rows: list[TokenizedSolution]) -> Iterator[SolutionScores]:
-        hidden, batch = self._hidden(rows)
-        out = self.prm.score_hidden(hidden, batch.step_index, batch.cu_steps, self.threshold)
+        hidden, cu_steps = self._step_hidden(rows)
+        step_index = torch.arange(hidden.shape[0], device=hidden.device)
+        out = self.prm.score_hidden(hidden, step_index, cu_steps, self.threshold)
         per_seq = {k: getattr(out, k).float().cpu().tolist() for k in ("min", "prod", "mean", "last")}
         first_error = out.first_error.cpu().tolist()
         for b, (r, probs) in enumerate(zip(rows, out.per_sequence())):

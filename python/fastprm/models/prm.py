@@ -16,6 +16,7 @@ from .checkpoint import load_tokenizer, read_tensors, tensor_names
 from .conventions import CONVENTIONS, FASTPRM_CONFIG, LINEAR, LM_PAIR, MLP, Convention, get_convention
 from .cpu_bf16 import bf16_matmuls, native_bf16
 from .heads import build_head
+from .step_rows import last_mlp_at_rows
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -193,6 +194,20 @@ class PRM(nn.Module):
         with bf16_matmuls(self.device, self.dtype):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         return out.last_hidden_state
+
+    def step_hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        rows: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Final hidden states [K, H] at ``rows`` [K] (int64 flat positions of the [B * T] tokens), e.g. the
+        step rows. Cheaper than :meth:`hidden_states`: the last layer's MLP runs at those rows only
+        (:mod:`fastprm.models.step_rows`)."""
+        with last_mlp_at_rows(self.backbone, rows):
+            hidden = self.hidden_states(input_ids, attention_mask, **kwargs)
+        return hidden.reshape(-1, hidden.shape[-1])[rows]
 
     def score_hidden(
         self, hidden: torch.Tensor, step_index: torch.Tensor, cu_steps: torch.Tensor, threshold: float = 0.5
