@@ -318,6 +318,9 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--workdir", default="/tmp/fastprm-bench-score")
     parser.add_argument(
+        "--name", default="bench_score", help="results file name in benchmarks/results/ (.md and .json)"
+    )
+    parser.add_argument(
         "--vllm-python",
         default=str(VLLM_VENV / "bin" / "python"),
         help="python of the venv made by benchmarks/setup_vllm_venv.sh (default: $FASTPRM_VLLM_VENV or "
@@ -409,7 +412,7 @@ def main() -> None:
     ]
     command = "python benchmarks/bench_score.py " + shlex.join(sys.argv[1:])
     path = write_results(
-        "bench_score",
+        args.name,
         command.strip(),
         rows,
         markdown_table(rows, columns),

@@ -32,6 +32,18 @@ def last_mlp(backbone: nn.Module) -> nn.Module | None:
     return None
 
 
+def compile_backbone(backbone: nn.Module) -> None:
+    """``torch.compile(dynamic=True)`` of the backbone in place, leaving out the last MLP, whose step-row
+    hooks change on every call and would force a recompilation each time."""
+    mlp = last_mlp(backbone)
+    if mlp is None:
+        backbone.compile(dynamic=True)
+        return
+    *body, last = backbone.layers
+    for module in [*body, *(m for m in last.children() if m is not mlp)]:
+        module.compile(dynamic=True)
+
+
 @contextlib.contextmanager
 def last_mlp_at_rows(backbone: nn.Module, rows: torch.Tensor) -> Iterator[None]:
     """Within this context the last MLP of ``backbone`` computes only the flat rows ``rows`` [K] (int64) of
