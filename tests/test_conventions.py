@@ -163,3 +163,19 @@ def test_lm_pair_head_cannot_be_written_in_an_original_layout(tmp_path):
     prm = PRM.from_pretrained(tmp_path / "ms", dtype=torch.float32)
     with pytest.raises(ValueError, match="fastprm format"):
         prm.save_pretrained(tmp_path / "out", format="original")
+
+
+def test_loading_is_quiet_and_missing_backbone_weights_raise(tmp_path, capfd, caplog):
+    """No transformers load report listing the head as UNEXPECTED; a checkpoint that lacks backbone weights
+    is an error naming them, never a model with random layers."""
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    ck.write_qwen25_math_prm(tmp_path)
+    PRM.from_pretrained(tmp_path, dtype=torch.float32)
+    assert "UNEXPECTED" not in capfd.readouterr().err + caplog.text
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["model.layers.1.mlp.down_proj.weight"]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks 1 backbone tensors.*layers\.1\.mlp\.down_proj\.weight"):
+        PRM.from_pretrained(tmp_path, dtype=torch.float32)

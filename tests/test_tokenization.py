@@ -65,8 +65,8 @@ def test_truncation_policies(qwen_prm):
     assert scored.steps_dropped == drop.steps_dropped and len(scored.step_scores) == len(drop.step_ends)
 
 
-@pytest.mark.parametrize("unpadded", [True, False])
-def test_batch_invariance_alone_vs_batch_of_64(qwen_prm, unpadded):
+@pytest.mark.parametrize("layout", ["rows", "packed", "padded"])
+def test_batch_invariance_alone_vs_batch_of_64(qwen_prm, layout):
     gen = torch.Generator().manual_seed(0)
     words = ["eggs", "apples", "three", "add", "so", "the", "answer", "is", "5", "+", "="]
     problems, solutions = [], []
@@ -83,9 +83,9 @@ def test_batch_invariance_alone_vs_batch_of_64(qwen_prm, unpadded):
         ]
         problems.append("How many " + words[int(torch.randint(0, 3, (1,), generator=gen))] + "?")
         solutions.append(steps)
-    batch = qwen_prm.score(problems, solutions, batch_tokens=4096, unpadded=unpadded)
+    batch = qwen_prm.score(problems, solutions, batch_tokens=4096, layout=layout)
     for i in (0, 17, 63):
-        alone = qwen_prm.score([problems[i]], [solutions[i]], unpadded=unpadded)[0]
+        alone = qwen_prm.score([problems[i]], [solutions[i]], layout=layout)[0]
         torch.testing.assert_close(
             torch.tensor(alone.step_scores), torch.tensor(batch[i].step_scores), atol=1e-5, rtol=0
         )
@@ -116,3 +116,28 @@ def test_compiled_backbone_scores_like_eager(tmp_path, dtype):
             atol=1e-5 if dtype == torch.float32 else 2e-2,
             rtol=0,
         )
+
+
+def test_default_layout_and_attention(qwen_prm, monkeypatch):
+    """CPU: one forward per row with fastprm's varlen attention; GPU: flash-attention 2 (16-bit only) and
+    packed varlen batches when it is installed, else padded batches."""
+    from types import SimpleNamespace
+
+    from fastprm.models import prm as prm_module
+    from fastprm.scoring import Scorer, default_layout
+
+    cuda = torch.device("cuda")
+    assert default_layout(qwen_prm) == "rows"
+    assert prm_module.default_attention(torch.device("cpu")) == "fastprm_varlen"
+    monkeypatch.setattr(prm_module.importlib.util, "find_spec", lambda name: None)
+    assert prm_module.default_attention(cuda) is None
+    monkeypatch.setattr(prm_module.importlib.util, "find_spec", lambda name: object())
+    assert prm_module.default_attention(cuda, torch.bfloat16) == "flash_attention_2"
+    assert prm_module.default_attention(cuda, torch.float32) is None
+    on_gpu = lambda attn: SimpleNamespace(  # noqa: E731
+        device=cuda, backbone=SimpleNamespace(config=SimpleNamespace(_attn_implementation=attn))
+    )
+    assert default_layout(on_gpu("flash_attention_2")) == "packed"
+    assert default_layout(on_gpu("sdpa")) == "padded"
+    with pytest.raises(ValueError, match="layout must be one of"):
+        Scorer(qwen_prm, layout="ragged")

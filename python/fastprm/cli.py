@@ -31,6 +31,7 @@ def _score(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         truncation=args.truncation,
         threshold=args.threshold,
+        layout=args.layout,
         compile=args.compile,
     )
     rows = read_rows(args.input, split_steps=args.split_steps)
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
     score.add_argument("--device", default=None)
+    score.add_argument(
+        "--layout",
+        default=None,
+        choices=["rows", "packed", "padded"],
+        help="backbone batches: one forward per row (CPU default), packed varlen (default with "
+        "flash-attention 2) or padded",
+    )
     score.add_argument(
         "--compile",
         action="store_true",

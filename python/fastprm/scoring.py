@@ -10,7 +10,7 @@ import torch
 
 from .models.prm import PRM
 from .models.step_rows import compile_backbone
-from .packing import cu_seqlens, pad_rows
+from .packing import cu_seqlens, pack_rows, pad_rows
 from .tokenization import StepTokenizer, TokenizedSolution
 
 
@@ -61,22 +61,41 @@ def token_budget_batches(
     return batches
 
 
+LAYOUTS = ("rows", "packed", "padded")
+
+
+def default_layout(prm: PRM) -> str:
+    """How a :class:`Scorer` forms backbone batches by default.
+
+    ``rows`` on CPU: one unpadded, mask-free forward per row, the fastest measured there
+    (benchmarks/results/bench_score.md); ``packed`` when the backbone's attention is flash-attention 2, which
+    runs a [1, N] varlen batch without padding; else ``padded`` length-sorted batches.
+    """
+    if prm.device.type == "cpu":
+        return "rows"
+    if getattr(prm.backbone.config, "_attn_implementation", None) == "flash_attention_2":
+        return "packed"
+    return "padded"
+
+
 class Scorer:
     """Scores (problem, steps) rows with a :class:`~fastprm.models.prm.PRM`.
 
     Args:
         prm: the model.
-        batch_tokens: token budget of one backbone batch (rows x padded length).
+        batch_tokens: token budget of one backbone batch (rows x longest row).
         max_length: longest row; default the backbone's ``max_position_embeddings``.
         truncation: ``error`` (default), ``left-truncate-prompt`` or ``drop-steps``.
         threshold: ``first_error`` threshold.
-        unpadded: one mask-free forward per row instead of padded batches (default: on CPU).
+        layout: ``rows`` (one unpadded forward per row), ``packed`` (each batch as one [1, N] varlen
+            sequence with per-row position_ids) or ``padded`` (right-padded [B, T] with a mask); default
+            :func:`default_layout`. Step scores do not depend on it (tested to 1e-5 in fp32).
         compile: run the backbone's layers through ``torch.compile(dynamic=True)`` (see
             :func:`~fastprm.models.step_rows.compile_backbone`). On this project's AVX2 CPU it is no faster than
             eager (the backbone spends ~90% of its time in GEMMs, which compilation does not speed up).
     """
 
-    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold", "unpadded", "compile")
+    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold", "layout", "compile")
 
     def __init__(
         self,
@@ -85,13 +104,15 @@ class Scorer:
         max_length: int | None = None,
         truncation: str = "error",
         threshold: float = 0.5,
-        unpadded: bool | None = None,
+        layout: str | None = None,
         compile: bool = False,
     ):
+        if layout is not None and layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         self.prm = prm
         if compile:
             compile_backbone(prm.backbone)
-        self.unpadded = prm.device.type == "cpu" if unpadded is None else unpadded
+        self.layout = layout or default_layout(prm)
         self.batch_tokens = batch_tokens
         self.threshold = threshold
         if max_length is None:
@@ -117,9 +138,7 @@ class Scorer:
         """Final hidden states [K, H] of the step rows of a batch of rows, and cu_steps [B + 1]."""
         ids, ends = [r.input_ids for r in rows], [r.step_ends for r in rows]
         device = self.prm.device
-        if self.unpadded:
-            # One unpadded, mask-free forward per row: on CPU this beats padded batches
-            # (benchmarks/results/bench_score.md), and no row ever sees padding.
+        if self.layout == "rows":
             hidden = torch.cat(
                 [
                     self.prm.step_hidden_states(
@@ -129,8 +148,14 @@ class Scorer:
                 ]
             )
             return hidden, cu_seqlens([len(e) for e in ends]).to(device)
-        batch = pad_rows(ids, ends, self.pad_id).to(device)
-        hidden = self.prm.step_hidden_states(batch.input_ids, batch.step_index, batch.attention_mask)
+        if self.layout == "packed":
+            batch = pack_rows(ids, ends).to(device)
+            hidden = self.prm.step_hidden_states(
+                batch.input_ids, batch.step_index, position_ids=batch.position_ids
+            )
+        else:
+            batch = pad_rows(ids, ends, self.pad_id).to(device)
+            hidden = self.prm.step_hidden_states(batch.input_ids, batch.step_index, batch.attention_mask)
         return hidden, batch.cu_steps
 
     def _score_batch(self, rows: list[TokenizedSolution]) -> Iterator[SolutionScores]:

@@ -58,3 +58,34 @@ def load_tokenizer(path: str | Path):
     if declared in _GENERIC_TOKENIZERS:
         return PreTrainedTokenizerFast.from_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
+
+
+def load_backbone(path: str | Path, head_prefix: str, **kwargs) -> torch.nn.Module:
+    """``AutoModel.from_pretrained(path, **kwargs)`` with fastprm's own load check instead of transformers'
+    load report, which lists every head tensor as UNEXPECTED on every PRM load.
+
+    Raises when backbone weights are missing (they would be random: silent garbage scores); warns about
+    unexpected tensors other than the head's (``head_prefix``) and a causal LM's ``lm_head``.
+    """
+    import logging
+    import warnings
+
+    from transformers import AutoModel
+
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    report.setLevel(logging.ERROR)
+    try:
+        backbone, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        report.setLevel(level)
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise ValueError(f"{path}: the checkpoint lacks {len(missing)} backbone tensors, e.g. {missing[:3]}")
+    ours = (head_prefix + ".", "lm_head.")
+    unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(ours))
+    if unexpected:
+        warnings.warn(
+            f"{path}: tensors neither backbone nor head were ignored: {unexpected[:5]}", stacklevel=2
+        )
+    return backbone

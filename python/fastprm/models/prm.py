@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,7 @@ from torch import nn
 
 from ..ops import StepScores, score_steps
 from . import varlen_attention
-from .checkpoint import load_tokenizer, read_tensors, tensor_names
+from .checkpoint import load_backbone, load_tokenizer, read_tensors, tensor_names
 from .conventions import CONVENTIONS, FASTPRM_CONFIG, LINEAR, LM_PAIR, MLP, Convention, get_convention
 from .cpu_bf16 import bf16_matmuls, native_bf16
 from .heads import build_head
@@ -26,10 +27,14 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if native_bf16() else torch.float32
 
 
-def default_attention(device: torch.device) -> str | None:
-    """fastprm's varlen attention on CPU (packed batches cost sum(L^2), never N^2); on GPUs transformers'
-    own choice (flash-attention 2 handles packed batches natively when installed)."""
-    return varlen_attention.register() if device.type == "cpu" else None
+def default_attention(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str | None:
+    """fastprm's varlen attention on CPU (packed batches cost sum(L^2), never N^2); on GPUs flash-attention 2
+    when it is installed and the dtype is 16-bit (it runs packed varlen batches natively), else transformers'
+    own choice."""
+    if device.type == "cpu":
+        return varlen_attention.register()
+    half = dtype in (torch.float16, torch.bfloat16)
+    return "flash_attention_2" if half and importlib.util.find_spec("flash_attn") else None
 
 
 class PRM(nn.Module):
@@ -83,7 +88,7 @@ class PRM(nn.Module):
                 convention's defaults.
             attn_implementation: the backbone's attention; default :func:`default_attention` of the device.
         """
-        from transformers import AutoConfig, AutoModel
+        from transformers import AutoConfig
 
         path = Path(path)
         conv = get_convention(convention, path).with_overrides(
@@ -97,12 +102,13 @@ class PRM(nn.Module):
         device = torch.device(device or "cpu")
         dtype = dtype or default_dtype(device)
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        backbone = AutoModel.from_pretrained(
+        backbone = load_backbone(
             path,
+            conv.head_prefix,
             config=config,
             dtype=dtype,
             trust_remote_code=False,
-            attn_implementation=attn_implementation or default_attention(device),
+            attn_implementation=attn_implementation or default_attention(device, dtype),
         )
         tokenizer = load_tokenizer(path)
         head = _load_head(path, conv, config.hidden_size, tokenizer)
