@@ -78,6 +78,17 @@ def default_layout(prm: PRM) -> str:
     return "padded"
 
 
+def shared_prefix_length(input_ids: Sequence[Sequence[int]], step_ends: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix common to all rows that ends before any row's first step row (every row
+    keeps at least one token of its own), e.g. the system prompt and chat header of a template."""
+    limit = min(ends[0] if ends else len(ids) - 1 for ids, ends in zip(input_ids, step_ends))
+    first = input_ids[0]
+    n = 0
+    while n < limit and all(ids[n] == first[n] for ids in input_ids):
+        n += 1
+    return n
+
+
 class Scorer:
     """Scores (problem, steps) rows with a :class:`~fastprm.models.prm.PRM`.
 
@@ -90,12 +101,14 @@ class Scorer:
         layout: ``rows`` (one unpadded forward per row), ``packed`` (each batch as one [1, N] varlen
             sequence with per-row position_ids) or ``padded`` (right-padded [B, T] with a mask); default
             :func:`default_layout`. Step scores do not depend on it (tested to 1e-5 in fp32).
+        share_prefix: in the ``rows`` layout, compute the token prefix that every row of a batch starts with
+            (:func:`shared_prefix_length`) once and reuse its keys and values (default: on, unless compiling).
         compile: run the backbone's layers through ``torch.compile(dynamic=True)`` (see
             :func:`~fastprm.models.step_rows.compile_backbone`). On this project's AVX2 CPU it is no faster than
             eager (the backbone spends ~90% of its time in GEMMs, which compilation does not speed up).
     """
 
-    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold", "layout", "compile")
+    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold", "layout", "share_prefix", "compile")
 
     def __init__(
         self,
@@ -105,6 +118,7 @@ class Scorer:
         truncation: str = "error",
         threshold: float = 0.5,
         layout: str | None = None,
+        share_prefix: bool | None = None,
         compile: bool = False,
     ):
         if layout is not None and layout not in LAYOUTS:
@@ -113,6 +127,7 @@ class Scorer:
         if compile:
             compile_backbone(prm.backbone)
         self.layout = layout or default_layout(prm)
+        self.share_prefix = not compile if share_prefix is None else share_prefix
         self.batch_tokens = batch_tokens
         self.threshold = threshold
         if max_length is None:
@@ -139,10 +154,14 @@ class Scorer:
         ids, ends = [r.input_ids for r in rows], [r.step_ends for r in rows]
         device = self.prm.device
         if self.layout == "rows":
+            shared = shared_prefix_length(ids, ends) if self.share_prefix and len(ids) > 1 else 0
+            prefix = self.prm.prefix_cache(torch.tensor([ids[0][:shared]], device=device)) if shared else None
             hidden = torch.cat(
                 [
                     self.prm.step_hidden_states(
-                        torch.tensor([row], device=device), torch.tensor(e, dtype=torch.long, device=device)
+                        torch.tensor([row[shared:]], device=device),
+                        torch.tensor(e, dtype=torch.long, device=device) - shared,
+                        prefix=prefix,
                     )
                     for row, e in zip(ids, ends)
                 ]

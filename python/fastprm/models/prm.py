@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from .checkpoint import load_backbone, load_tokenizer, read_tensors, tensor_name
 from .conventions import CONVENTIONS, FASTPRM_CONFIG, LINEAR, LM_PAIR, MLP, Convention, get_convention
 from .cpu_bf16 import bf16_matmuls, native_bf16
 from .heads import build_head
-from .step_rows import last_mlp_at_rows
+from .step_rows import last_layer_at_rows
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -194,12 +195,33 @@ class PRM(nn.Module):
     # -- forward ------------------------------------------------------------------------------------------------
 
     def hidden_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prefix=None,
+        **kwargs,
     ) -> torch.Tensor:
-        """Last hidden states of the backbone (no LM head, no KV cache): [B, T, H]."""
+        """Last hidden states of the backbone (no LM head): [B, T, H].
+
+        ``prefix``: a :meth:`prefix_cache` of tokens that come before ``input_ids`` (one unpadded row, B = 1);
+        the row attends to them as if they led it, and the cache is left as it was.
+        """
+        if prefix is not None:
+            kwargs[_cache_argument(self.backbone)] = prefix
+            prefix_length = prefix.get_seq_length()
         with bf16_matmuls(self.device, self.dtype):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        if prefix is not None:
+            prefix.crop(prefix_length)  # drop the keys and values this row appended
         return out.last_hidden_state
+
+    def prefix_cache(self, prefix_ids: torch.Tensor):
+        """Keys and values of a token prefix [1, P] that many rows share (a system prompt, a problem scored
+        with many solutions), for :meth:`hidden_states` ``(..., prefix=...)``: it is computed once, and each
+        row then runs only its own tokens. A transformers ``Cache``."""
+        with bf16_matmuls(self.device, self.dtype):
+            out = self.backbone(input_ids=prefix_ids, use_cache=True)
+        return out.cache if hasattr(out, "cache") else out.past_key_values
 
     def step_hidden_states(
         self,
@@ -209,9 +231,9 @@ class PRM(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         """Final hidden states [K, H] at ``rows`` [K] (int64 flat positions of the [B * T] tokens), e.g. the
-        step rows. Cheaper than :meth:`hidden_states`: the last layer's MLP runs at those rows only
-        (:mod:`fastprm.models.step_rows`)."""
-        with last_mlp_at_rows(self.backbone, rows):
+        step rows. Cheaper than :meth:`hidden_states`: the last layer's output projection and MLP run at
+        those rows only (:mod:`fastprm.models.step_rows`). ``kwargs`` go to :meth:`hidden_states`."""
+        with last_layer_at_rows(self.backbone, rows):
             hidden = self.hidden_states(input_ids, attention_mask, **kwargs)
         return hidden.reshape(-1, hidden.shape[-1])[rows]
 
@@ -270,6 +292,11 @@ class PRM(nn.Module):
         return Scorer(self, **{k: kwargs.pop(k) for k in list(kwargs) if k in Scorer.OPTIONS}).score(
             problems, solutions, **kwargs
         )
+
+
+def _cache_argument(backbone: nn.Module) -> str:
+    """The backbone forward's KV-cache argument: ``cache`` in recent transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
 def _original_layout(convention: Convention, num_classes: int) -> tuple[str, str, dict[str, str]]:

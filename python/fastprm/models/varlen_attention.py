@@ -47,8 +47,18 @@ def varlen_attention(
     the output are zeros.
     """
     B, Hq, T, D = query.shape
-    segments = _row_segments(kwargs.get("position_ids"), attention_mask, B, T)
     dropout = dropout if module.training else 0.0
+    S = key.shape[2]
+    if S != T:
+        # Keys of a cached prefix come first (PRM.prefix_cache): query i sees the prefix and keys up to i.
+        if B != 1 or attention_mask is not None:
+            raise ValueError("fastprm's varlen attention takes a cached prefix for one unpadded row only")
+        causal = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=causal, dropout_p=dropout, scale=scaling, enable_gqa=True
+        )
+        return out.transpose(1, 2), None
+    segments = _row_segments(kwargs.get("position_ids"), attention_mask, B, T)
     rows = []
     for b, spans in enumerate(segments):
         parts = [
