@@ -65,3 +65,49 @@ def test_step_rows_in_bf16():
         got = prm.step_hidden_states(b.input_ids, b.step_index, position_ids=b.position_ids)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, full, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["qwen2", "llama", "qwen3"])
+def test_a_prefix_cache_gives_the_hidden_states_of_the_whole_row(name):
+    prm = _prm(name)
+    prefix, rest = [5, 9, 2, 7], [7, 1, 3, 3, 8]
+    with torch.inference_mode():
+        whole = prm.hidden_states(torch.tensor([prefix + rest]))[0, len(prefix) :]
+        cache = prm.prefix_cache(torch.tensor([prefix]))
+        for _ in range(2):  # the cache is left as it was, so it serves row after row
+            got = prm.hidden_states(torch.tensor([rest]), prefix=cache)[0]
+            torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-5)
+            assert cache.get_seq_length() == len(prefix)
+        rows = torch.tensor([0, 4])
+        got = prm.step_hidden_states(torch.tensor([rest]), rows, prefix=cache)
+        torch.testing.assert_close(got, whole[rows], rtol=1e-5, atol=1e-5)
+
+
+def test_shared_prefix_length():
+    from fastprm.scoring import shared_prefix_length
+
+    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 9]], [[4], [3]]) == 3
+    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 9]], [[4], [1]]) == 1  # ends before a first step
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]], [[], []]) == 2  # each row keeps a token of its own
+    assert shared_prefix_length([[1, 2, 3], [4, 2, 3]], [[2], [2]]) == 0
+    assert shared_prefix_length([[1, 2, 3], [1]], [[2], []]) == 0
+    assert shared_prefix_length([[1, 2, 3], [1, 2]], [[0], [1]]) == 0  # a step on the first token
+
+
+def test_scorer_shares_the_template_prefix_and_scores_the_same(tmp_path, monkeypatch):
+    import checkpoints as ck
+
+    ck.write_qwen25_math_prm(tmp_path)
+    prm = PRM.from_pretrained(tmp_path, dtype=torch.float32)
+    problems = ["What is 2 + 3?", "How many eggs are left after three were eaten?", "Is 7 prime?"]
+    solutions = [["2 + 3 = 5.", "The answer is 5."], ["12 - 3 = 9.", "So 9 eggs."], ["Yes, 7 is prime."]]
+    plain = prm.score(problems, solutions, share_prefix=False)
+    prefixes = []
+    cache_of = prm.prefix_cache
+    monkeypatch.setattr(prm, "prefix_cache", lambda ids: prefixes.append(ids.shape[1]) or cache_of(ids))
+    shared = prm.score(problems, solutions)
+    assert prefixes and prefixes[0] > 10  # the system prompt and chat header ran once
+    for a, b in zip(plain, shared):
+        torch.testing.assert_close(
+            torch.tensor(b.step_scores), torch.tensor(a.step_scores), atol=1e-5, rtol=0
+        )

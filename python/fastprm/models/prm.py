@@ -211,8 +211,8 @@ class PRM(nn.Module):
             prefix_length = prefix.get_seq_length()
         with bf16_matmuls(self.device, self.dtype):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-        if prefix is not None:
-            prefix.crop(prefix_length)  # drop the keys and values this row appended
+        if prefix is not None and (appended := prefix.get_seq_length() - prefix_length):
+            prefix.crop(-appended)  # drops what this row appended (a negative count in every transformers)
         return out.last_hidden_state
 
     def prefix_cache(self, prefix_ids: torch.Tensor):
