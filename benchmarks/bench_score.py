@@ -9,8 +9,9 @@ Real problems and steps from ../shared/data/processbench (gsm8k), the real Qwen2
 random-weight checkpoint in the Qwen2.5-Math-PRM on-disk format. Every method scores the same rows with the
 same weights and dtype; recipe_* run stock transformers (the model card), backbone_* run the backbone as
 fastprm loads it (fastprm's attention and, in bf16 on CPUs without native bf16, its fp32-GEMM matmuls) with
-the full last layer and no head, which isolates what the step-row last MLP and head save; each runs in its own process (for its peak RSS), methods alternate, and the best of
---repeats runs counts. Ratios are what to read: this machine is shared and noisy.
+the full last layer, no shared prefix and no head, which isolates what those save. Each method runs in its
+own process (for its peak RSS), methods alternate, and the best of --repeats runs counts. Ratios are what
+to read: this machine is shared and noisy.
 
 vllm / vllm_eager run vLLM's CPU build (torch-compiled / enforce_eager) from its own venv, made by
 ``bash benchmarks/setup_vllm_venv.sh`` (skipped with a message when it is missing). That venv has no fastprm,
