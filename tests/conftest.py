@@ -21,3 +21,13 @@ def cpu_isa(request):
     _native.native.set_isa(request.param)
     yield request.param
     _native.native.set_isa(before)
+
+
+@pytest.fixture(scope="session")
+def qwen_prm_dir(tmp_path_factory):
+    """A tiny random checkpoint in the Qwen2.5-Math-PRM on-disk format, shared read-only by the tests."""
+    import checkpoints
+
+    path = tmp_path_factory.mktemp("qwen_prm")
+    checkpoints.write_qwen25_math_prm(path)
+    return path

@@ -7,23 +7,15 @@ import json
 import pytest
 import torch
 
-import checkpoints as ck
 from fastprm.cli import main
 from fastprm.models import PRM
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prm")
-    ck.write_qwen25_math_prm(path)
-    return path
 
 
 def write_jsonl(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
 
 
-def run(model_dir, tmp_path, rows, *extra):
+def run(qwen_prm_dir, tmp_path, rows, *extra):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(src, rows)
     src.write_bytes(src.read_bytes().replace(b"\\xff", b"\xff"))  # a non-UTF-8 byte where a row asks for one
@@ -31,7 +23,7 @@ def run(model_dir, tmp_path, rows, *extra):
         [
             "score",
             "--model",
-            str(model_dir),
+            str(qwen_prm_dir),
             "--input",
             str(src),
             "--output",
@@ -45,7 +37,7 @@ def run(model_dir, tmp_path, rows, *extra):
     return code, [json.loads(line) for line in dst.read_text().splitlines()]
 
 
-def test_every_input_format_and_input_order(model_dir, tmp_path):
+def test_every_input_format_and_input_order(qwen_prm_dir, tmp_path):
     rows = [
         {"problem": "2+2?", "steps": ["2+2=4.", "The answer is 4."]},
         {
@@ -59,11 +51,11 @@ def test_every_input_format_and_input_order(model_dir, tmp_path):
         {"prompt": "3+3?", "completions": ["3+3=6.", "So 6.", "Done."], "labels": [True, True, True]},
         {"problem": "5+5?", "solution": "5+5=10.\n\nThe answer is 10."},
     ]
-    code, out = run(model_dir, tmp_path, rows, "--split-steps", "--chunk-rows", "3")
+    code, out = run(qwen_prm_dir, tmp_path, rows, "--split-steps", "--chunk-rows", "3")
     assert code == 0
     assert [len(r["scores"]["step_scores"]) for r in out] == [2, 1, 3, 2]
     assert out[1]["label"] == -1 and out[2]["labels"] == [True, True, True]
-    prm = PRM.from_pretrained(model_dir, dtype=torch.float32)
+    prm = PRM.from_pretrained(qwen_prm_dir, dtype=torch.float32)
     direct = prm.score(["3+3?"], [["3+3=6.", "So 6.", "Done."]])[0]
     torch.testing.assert_close(
         torch.tensor(out[2]["scores"]["step_scores"]), torch.tensor(direct.step_scores)
@@ -71,7 +63,7 @@ def test_every_input_format_and_input_order(model_dir, tmp_path):
     assert out[2]["scores"]["first_error"] == direct.first_error
 
 
-def test_bad_row_names_its_line_or_is_recorded(model_dir, tmp_path):
+def test_bad_row_names_its_line_or_is_recorded(qwen_prm_dir, tmp_path):
     rows = [
         {"problem": "ok", "steps": ["fine."]},
         "{not json",
@@ -80,25 +72,25 @@ def test_bad_row_names_its_line_or_is_recorded(model_dir, tmp_path):
         '{"problem": "bad \\xff byte", "steps": ["x"]}',
     ]
     with pytest.raises(SystemExit, match=r"in.jsonl:2"):
-        run(model_dir, tmp_path, rows)
-    code, out = run(model_dir, tmp_path, rows, "--skip-bad-rows")
+        run(qwen_prm_dir, tmp_path, rows)
+    code, out = run(qwen_prm_dir, tmp_path, rows, "--skip-bad-rows")
     assert code == 0 and len(out) == 5
     assert "in.jsonl:2" in out[1]["error"] and "in.jsonl:3" in out[2]["error"]
     assert "in.jsonl:5" in out[4]["error"] and "utf-8" in out[4]["error"]
     assert "scores" in out[0] and "scores" in out[3]
 
 
-def test_too_long_row_is_named(model_dir, tmp_path):
+def test_too_long_row_is_named(qwen_prm_dir, tmp_path):
     rows = [{"problem": "ok", "steps": ["fine."]}, {"problem": "long " * 50, "steps": ["x"]}]
     with pytest.raises(SystemExit, match=r"in.jsonl:2.*max_length"):
-        run(model_dir, tmp_path, rows, "--max-length", "40")
-    _, out = run(model_dir, tmp_path, rows, "--max-length", "40", "--truncation", "left-truncate-prompt")
+        run(qwen_prm_dir, tmp_path, rows, "--max-length", "40")
+    _, out = run(qwen_prm_dir, tmp_path, rows, "--max-length", "40", "--truncation", "left-truncate-prompt")
     assert out[1]["scores"]["prompt_tokens_dropped"] > 0
 
 
-def test_pre_tokenized_rows_find_their_steps(model_dir, tmp_path):
+def test_pre_tokenized_rows_find_their_steps(qwen_prm_dir, tmp_path):
     """Find mode: ids with the separator id in them (as an RL trainer holds them) score like the text row."""
-    prm = PRM.from_pretrained(model_dir, dtype=torch.float32)
+    prm = PRM.from_pretrained(qwen_prm_dir, dtype=torch.float32)
     problem, steps = "3+3?", ["3+3=6.", "So 6."]
     from fastprm.tokenization import StepTokenizer
 
@@ -111,7 +103,7 @@ def test_pre_tokenized_rows_find_their_steps(model_dir, tmp_path):
         {"input_ids": "not ids"},
         {"problem": problem, "steps": steps},
     ]
-    code, out = run(model_dir, tmp_path, rows, "--skip-bad-rows")
+    code, out = run(qwen_prm_dir, tmp_path, rows, "--skip-bad-rows")
     assert code == 0
     assert out[0]["scores"]["step_scores"] == out[4]["scores"]["step_scores"]
     assert len(out[0]["scores"]["step_scores"]) == 2

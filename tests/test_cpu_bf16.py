@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import checkpoints as ck
 from fastprm.models import PRM, cpu_bf16
 from fastprm.models.cpu_bf16 import Fp32Matmuls, bf16_matmuls
 
@@ -58,24 +57,17 @@ def test_mode_applies_only_to_bf16_on_cpus_without_native_bf16(monkeypatch):
     assert isinstance(bf16_matmuls(cpu, torch.bfloat16), Fp32Matmuls)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prm")
-    ck.write_qwen25_math_prm(path)
-    return path
-
-
 def _step_probs(prm, rows):
     return torch.tensor([p for s in prm.score(*zip(*rows)) for p in s.step_scores])
 
 
-def test_bf16_prm_scores_like_fp32_math_and_trains(checkpoint, monkeypatch):
+def test_bf16_prm_scores_like_fp32_math_and_trains(qwen_prm_dir, monkeypatch):
     """A bf16 PRM under the mode is as close to fp32 math on the same (bf16) weights as torch's bf16 kernels
     are, and backward works through it with bf16 gradients."""
     rows = [("What is 2 + 3?", ["2 + 3 = 5.", "The answer is 5."]), ("Is 7 prime?", ["Yes, 7 is prime."])]
-    reference = _step_probs(PRM.from_pretrained(checkpoint, dtype=torch.bfloat16).float(), rows)
+    reference = _step_probs(PRM.from_pretrained(qwen_prm_dir, dtype=torch.bfloat16).float(), rows)
     monkeypatch.setattr(cpu_bf16, "native_bf16", lambda: False)
-    prm = PRM.from_pretrained(checkpoint, dtype=torch.bfloat16)
+    prm = PRM.from_pretrained(qwen_prm_dir, dtype=torch.bfloat16)
     with_mode = _step_probs(prm, rows)
     monkeypatch.setattr(cpu_bf16, "native_bf16", lambda: True)
     stock = _step_probs(prm, rows)

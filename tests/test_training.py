@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 import checkpoints as ck
@@ -16,14 +15,7 @@ import checkpoints as ck
 SCRIPT = Path(__file__).parent / "train_script.py"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("prm")
-    ck.write_qwen25_math_prm(path)
-    return path
-
-
-def train(model_dir, out, *extra, torchrun: int = 0):
+def train(qwen_prm_dir, out, *extra, torchrun: int = 0):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if torchrun:
         cmd = [
@@ -37,7 +29,10 @@ def train(model_dir, out, *extra, torchrun: int = 0):
     else:
         cmd = [sys.executable, str(SCRIPT)]
     subprocess.run(
-        [*cmd, "--model", str(model_dir), "--out", str(out), *extra], check=True, env=env, capture_output=True
+        [*cmd, "--model", str(qwen_prm_dir), "--out", str(out), *extra],
+        check=True,
+        env=env,
+        capture_output=True,
     )
     return torch.load(Path(out) / "params.pt"), torch.load(Path(out) / "losses.pt")
 
@@ -46,21 +41,21 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-def test_loss_decreases_and_model_saves_in_fastprm_format(model_dir, tmp_path):
+def test_loss_decreases_and_model_saves_in_fastprm_format(qwen_prm_dir, tmp_path):
     from fastprm.models import PRM
 
-    _, losses = train(model_dir, tmp_path / "run", "--steps", "8")
+    _, losses = train(qwen_prm_dir, tmp_path / "run", "--steps", "8")
     assert losses[-1] < losses[0]
     prm = PRM.from_pretrained(tmp_path / "run", dtype=torch.float32)  # the final save is fastprm's format
     assert prm.convention.name == "qwen2.5-math-prm"
     assert len(prm.score(["What is 2 + 3?"], [["2 + 3 = 5.", "The answer is 5."]])[0].step_scores) == 2
 
 
-def test_resume_is_exact(model_dir, tmp_path):
-    straight, _ = train(model_dir, tmp_path / "straight", "--steps", "6")
-    train(model_dir, tmp_path / "resumed", "--steps", "6", "--save-steps", "3")
+def test_resume_is_exact(qwen_prm_dir, tmp_path):
+    straight, _ = train(qwen_prm_dir, tmp_path / "straight", "--steps", "6")
+    train(qwen_prm_dir, tmp_path / "resumed", "--steps", "6", "--save-steps", "3")
     resumed, _ = train(
-        model_dir,
+        qwen_prm_dir,
         tmp_path / "resumed",
         "--steps",
         "6",
@@ -71,37 +66,37 @@ def test_resume_is_exact(model_dir, tmp_path):
     assert max_diff(straight, resumed) == 0.0
 
 
-def test_two_gloo_processes_match_one_process(model_dir, tmp_path):
-    one, _ = train(model_dir, tmp_path / "one", "--per-device-batch", "4", "--steps", "3")
-    two, _ = train(model_dir, tmp_path / "two", "--per-device-batch", "2", "--steps", "3", torchrun=2)
+def test_two_gloo_processes_match_one_process(qwen_prm_dir, tmp_path):
+    one, _ = train(qwen_prm_dir, tmp_path / "one", "--per-device-batch", "4", "--steps", "3")
+    two, _ = train(qwen_prm_dir, tmp_path / "two", "--per-device-batch", "2", "--steps", "3", torchrun=2)
     assert max_diff(one, two) <= 1e-5
 
 
-def test_token_budget_batches(model_dir, tmp_path):
-    _, losses = train(model_dir, tmp_path / "budget", "--batch-tokens", "400", "--steps", "4")
+def test_token_budget_batches(qwen_prm_dir, tmp_path):
+    _, losses = train(qwen_prm_dir, tmp_path / "budget", "--batch-tokens", "400", "--steps", "4")
     assert len(losses) == 4
 
 
-def sgd_run_differences(model_dir, tmp_path, *option: str) -> tuple[float, float]:
+def sgd_run_differences(qwen_prm_dir, tmp_path, *option: str) -> tuple[float, float]:
     """(max |loss diff|, max |parameter diff|) of 3 SGD steps with and without ``option``.
 
     SGD, not Adam: Adam's update is ~lr wherever a gradient is tiny, so 1e-7 of rounding in such an entry
     would move a parameter by ~lr; with SGD parameters differ by lr x the gradient difference
     (tests/test_packing.py compares the gradients themselves).
     """
-    base, base_losses = train(model_dir, tmp_path / "base", "--steps", "3", "--optim", "sgd")
-    other, other_losses = train(model_dir, tmp_path / "other", "--steps", "3", "--optim", "sgd", *option)
+    base, base_losses = train(qwen_prm_dir, tmp_path / "base", "--steps", "3", "--optim", "sgd")
+    other, other_losses = train(qwen_prm_dir, tmp_path / "other", "--steps", "3", "--optim", "sgd", *option)
     return max(abs(a - b) for a, b in zip(base_losses, other_losses)), max_diff(base, other)
 
 
-def test_packed_batches_train_like_padded_ones(model_dir, tmp_path):
-    loss_diff, param_diff = sgd_run_differences(model_dir, tmp_path, "--packed")
+def test_packed_batches_train_like_padded_ones(qwen_prm_dir, tmp_path):
+    loss_diff, param_diff = sgd_run_differences(qwen_prm_dir, tmp_path, "--packed")
     assert loss_diff <= 1e-5
     assert param_diff <= 1e-6
 
 
-def test_gradient_checkpointing_changes_nothing_but_memory(model_dir, tmp_path):
-    loss_diff, param_diff = sgd_run_differences(model_dir, tmp_path, "--gradient-checkpointing")
+def test_gradient_checkpointing_changes_nothing_but_memory(qwen_prm_dir, tmp_path):
+    loss_diff, param_diff = sgd_run_differences(qwen_prm_dir, tmp_path, "--gradient-checkpointing")
     assert loss_diff <= 1e-6
     assert param_diff <= 1e-6
 
@@ -171,7 +166,7 @@ def test_train_cli_from_a_new_model_config_then_score(tmp_path):
     assert len(scored) == 12 and all(len(r["scores"]["step_scores"]) == 2 for r in scored)
 
 
-def test_lora_with_gradient_checkpointing_trains_adapters_and_saves_merged(model_dir, tmp_path):
+def test_lora_with_gradient_checkpointing_trains_adapters_and_saves_merged(qwen_prm_dir, tmp_path):
     """peft LoRA on every linear layer: embeddings stay frozen, merged adapters change the linear weights,
     and the saved model scores."""
     import json
@@ -189,7 +184,15 @@ def test_lora_with_gradient_checkpointing_trains_adapters_and_saves_merged(model
     ]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "lora"
-    args = ["train", "--model", str(model_dir), "--data", str(tmp_path / "train.jsonl"), "--output", str(out)]
+    args = [
+        "train",
+        "--model",
+        str(qwen_prm_dir),
+        "--data",
+        str(tmp_path / "train.jsonl"),
+        "--output",
+        str(out),
+    ]
     options = [
         "--max-steps",
         "3",
@@ -202,7 +205,7 @@ def test_lora_with_gradient_checkpointing_trains_adapters_and_saves_merged(model
         "--gradient-checkpointing",
     ]
     assert main([*args, *options]) == 0
-    before = PRM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+    before = PRM.from_pretrained(qwen_prm_dir, dtype=torch.float32).state_dict()
     after = PRM.from_pretrained(out, dtype=torch.float32)
     trained = after.state_dict()
     assert torch.equal(trained["backbone.embed_tokens.weight"], before["backbone.embed_tokens.weight"])
