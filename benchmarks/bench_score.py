@@ -114,8 +114,9 @@ def recipe_scores(model_dir: Path, dtype: torch.dtype, problems, solutions, batc
 
 
 def run_method(method: str, model_dir: Path, dtype: torch.dtype, n_rows: int, batch_tokens: int) -> dict:
+    from fastprm.batching import token_budget_batches
     from fastprm.models import PRM
-    from fastprm.scoring import Scorer, token_budget_batches
+    from fastprm.scoring import Scorer
 
     problems, solutions = load_rows(n_rows)
     start = time.perf_counter()

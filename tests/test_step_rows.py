@@ -84,7 +84,7 @@ def test_a_prefix_cache_gives_the_hidden_states_of_the_whole_row(name):
 
 
 def test_shared_prefix_length():
-    from fastprm.scoring import shared_prefix_length
+    from fastprm.batching import shared_prefix_length
 
     assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 9]], [[4], [3]]) == 3
     assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 9]], [[4], [1]]) == 1  # ends before a first step

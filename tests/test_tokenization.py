@@ -123,8 +123,9 @@ def test_default_layout_and_attention(qwen_prm, monkeypatch):
     packed varlen batches when it is installed, else padded batches."""
     from types import SimpleNamespace
 
+    from fastprm.batching import default_layout
     from fastprm.models import prm as prm_module
-    from fastprm.scoring import Scorer, default_layout
+    from fastprm.scoring import Scorer
 
     cuda = torch.device("cuda")
     assert default_layout(qwen_prm) == "rows"

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .batching import LAYOUTS, default_layout, shared_prefix_length, token_budget_batches
 from .models.prm import PRM
 from .models.step_rows import compile_backbone
 from .packing import cu_seqlens, pack_rows, pad_rows
@@ -36,57 +37,6 @@ class SolutionScores:
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
-
-
-def token_budget_batches(
-    lengths: Sequence[int], batch_tokens: int, max_rows: int | None = None
-) -> list[list[int]]:
-    """Groups row indices into batches after sorting by length, so padding stays minimal.
-
-    A batch holds rows while (rows x longest row) fits in ``batch_tokens``; a single row longer than the
-    budget gets a batch of its own.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[i]  # rows arrive in increasing length
-        fits = (len(current) + 1) * longest <= batch_tokens and (max_rows is None or len(current) < max_rows)
-        if current and not fits:
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-LAYOUTS = ("rows", "packed", "padded")
-
-
-def default_layout(prm: PRM) -> str:
-    """How a :class:`Scorer` forms backbone batches by default.
-
-    ``rows`` on CPU: one unpadded, mask-free forward per row, the fastest measured there
-    (benchmarks/results/bench_score.md); ``packed`` when the backbone's attention is flash-attention 2, which
-    runs a [1, N] varlen batch without padding; else ``padded`` length-sorted batches.
-    """
-    if prm.device.type == "cpu":
-        return "rows"
-    if getattr(prm.backbone.config, "_attn_implementation", None) == "flash_attention_2":
-        return "packed"
-    return "padded"
-
-
-def shared_prefix_length(input_ids: Sequence[Sequence[int]], step_ends: Sequence[Sequence[int]]) -> int:
-    """Length of the token prefix common to all rows that ends before any row's first step row (every row
-    keeps at least one token of its own), e.g. the system prompt and chat header of a template."""
-    limit = min(ends[0] if ends else len(ids) - 1 for ids, ends in zip(input_ids, step_ends))
-    first = input_ids[0]
-    n = 0
-    while n < limit and all(ids[n] == first[n] for ids in input_ids):
-        n += 1
-    return n
 
 
 class Scorer:

@@ -12,10 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 from .models.conventions import PLAIN, PROBLEM_NEWLINE, QUESTION_SPACE, QWEN_CHAT, Convention
-from .ops import find_steps
 
 TRUNCATION_MODES = ("error", "left-truncate-prompt", "drop-steps")
 
@@ -160,6 +157,10 @@ class StepTokenizer:
             raise ValueError(f"row {row}: input_ids must be a list of token ids in [0, {vocab})")
         if self.max_length is not None and len(input_ids) > self.max_length:
             raise ValueError(f"row {row}: {len(input_ids)} tokens exceed max_length={self.max_length}")
+        import torch
+
+        from .ops import find_steps
+
         ids = torch.tensor(input_ids, dtype=torch.long)
         step_index, _ = find_steps(ids, torch.tensor([0, len(input_ids)]), self.separator_ids)
         if step_index.numel() == 0:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..batching import token_budget_batches
 from ..packing import pack_rows, pad_rows
-from ..scoring import token_budget_batches
 from ..tokenization import StepTokenizer
 
 
