@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LABEL_MODES = ("all", "last", "first_error")
+from .label_modes import LABEL_MODES
 
 
 def positive_margin(step_logits: torch.Tensor, positive_class: int) -> torch.Tensor:
