@@ -1,11 +1,12 @@
-"""The last MLP at the step rows only (fastprm.models.step_rows) equals the full forward at those rows."""
+"""The last layer past its attention at the step rows only (fastprm.models.step_rows) equals the full forward
+at those rows, and so do prompt-shared prefix caches."""
 
 import pytest
 import torch
 
 from fastprm.models import CONVENTIONS, PRM
 from fastprm.models.heads import LinearHead
-from fastprm.models.step_rows import last_mlp
+from fastprm.models.step_rows import step_row_layer
 from fastprm.packing import pack_rows, pad_rows
 
 SMALL = dict(
@@ -17,7 +18,7 @@ BACKBONES = {
     "llama": dict(model_type="llama", **SMALL),
     "mistral": dict(model_type="mistral", **SMALL),
     "qwen3": dict(model_type="qwen3", head_dim=8, **SMALL),
-    # no layers[-1].mlp: the full last layer runs
+    # not a Llama-layout decoder layer: the full last layer runs
     "gpt2": dict(model_type="gpt2", vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=128),
 }
 ROWS = [[5, 9, 2, 7, 7, 1], [3], [4, 4, 8, 1, 2], [6, 2]]
@@ -37,7 +38,7 @@ def _prm(name: str, dtype=torch.float32) -> PRM:
 @pytest.mark.parametrize("layout", ["padded", "packed", "one row"])
 def test_step_rows_match_the_full_forward(name, layout):
     prm = _prm(name)
-    assert (last_mlp(prm.backbone) is None) == (name == "gpt2")
+    assert (step_row_layer(prm.backbone) is None) == (name == "gpt2")
     if layout == "padded":
         batches = [pad_rows(ROWS, ENDS, pad_id=0)]
     elif layout == "packed":
@@ -52,7 +53,7 @@ def test_step_rows_match_the_full_forward(name, layout):
             got = prm.step_hidden_states(b.input_ids, b.step_index, b.attention_mask, **extra)
             assert got.shape == full.shape
             torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
-            # the hooks are gone afterwards: a plain forward is a full forward again
+            # the layer is restored afterwards: a plain forward is a full forward again
             again = prm.hidden_states(b.input_ids, b.attention_mask, **extra)
             torch.testing.assert_close(again.reshape(-1, again.shape[-1])[b.step_index], full)
 
@@ -83,31 +84,38 @@ def test_a_prefix_cache_gives_the_hidden_states_of_the_whole_row(name):
         torch.testing.assert_close(got, whole[rows], rtol=1e-5, atol=1e-5)
 
 
-def test_shared_prefix_length():
-    from fastprm.batching import shared_prefix_length
+PROBLEMS = ["What is 2 + 3?", "How many eggs are left after three were eaten?", "Is 7 prime?"]
+SOLUTIONS = [
+    ["2 + 3 = 5.", "The answer is 5."],
+    ["12 - 3 = 9.", "So 9 eggs."],
+    ["Yes, 7 is prime."],
+    ["2 + 3 = 6.", "The answer is 6."],
+    ["7 = 7 x 1, so it is prime."],
+]
+# Problems of the rows above, repeated and interleaved as best-of-N inputs are.
+ROW_PROBLEMS = [PROBLEMS[0], PROBLEMS[1], PROBLEMS[2], PROBLEMS[0], PROBLEMS[2]]
 
-    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 9]], [[4], [3]]) == 3
-    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 9]], [[4], [1]]) == 1  # ends before a first step
-    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]], [[], []]) == 2  # each row keeps a token of its own
-    assert shared_prefix_length([[1, 2, 3], [4, 2, 3]], [[2], [2]]) == 0
-    assert shared_prefix_length([[1, 2, 3], [1]], [[2], []]) == 0
-    assert shared_prefix_length([[1, 2, 3], [1, 2]], [[0], [1]]) == 0  # a step on the first token
 
-
-def test_scorer_shares_the_template_prefix_and_scores_the_same(tmp_path, monkeypatch):
-    import checkpoints as ck
-
-    ck.write_qwen25_math_prm(tmp_path)
-    prm = PRM.from_pretrained(tmp_path, dtype=torch.float32)
-    problems = ["What is 2 + 3?", "How many eggs are left after three were eaten?", "Is 7 prime?"]
-    solutions = [["2 + 3 = 5.", "The answer is 5."], ["12 - 3 = 9.", "So 9 eggs."], ["Yes, 7 is prime."]]
-    plain = prm.score(problems, solutions, share_prefix=False)
+def test_rows_of_one_problem_share_its_prompt_and_score_the_same(qwen_prm_dir, monkeypatch):
+    prm = PRM.from_pretrained(qwen_prm_dir, dtype=torch.float32)
+    plain = prm.score(ROW_PROBLEMS, SOLUTIONS, share_prefix=False)
     prefixes = []
     cache_of = prm.prefix_cache
-    monkeypatch.setattr(prm, "prefix_cache", lambda ids: prefixes.append(ids.shape[1]) or cache_of(ids))
-    shared = prm.score(problems, solutions)
-    assert prefixes and prefixes[0] > 10  # the system prompt and chat header ran once
+    monkeypatch.setattr(prm, "prefix_cache", lambda ids: prefixes.append(ids[0].tolist()) or cache_of(ids))
+    shared = prm.score(ROW_PROBLEMS, SOLUTIONS)
+    assert len(prefixes) == 3 and len({tuple(p) for p in prefixes}) == 3  # one prompt run per problem
+    assert min(len(p) for p in prefixes) > 20  # system prompt, chat header and the problem
     for a, b in zip(plain, shared):
         torch.testing.assert_close(
             torch.tensor(b.step_scores), torch.tensor(a.step_scores), atol=1e-5, rtol=0
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_row_scores_the_same_bits_alone_and_in_any_batch(qwen_prm_dir, dtype):
+    prm = PRM.from_pretrained(qwen_prm_dir, dtype=dtype)
+    together = prm.score(ROW_PROBLEMS, SOLUTIONS)
+    reversed_ = prm.score(ROW_PROBLEMS[::-1], SOLUTIONS[::-1])[::-1]
+    for i, (problem, steps) in enumerate(zip(ROW_PROBLEMS, SOLUTIONS)):
+        alone = prm.score([problem], [steps])[0]
+        assert alone.step_scores == together[i].step_scores == reversed_[i].step_scores

@@ -45,14 +45,3 @@ def default_layout(prm) -> str:
     if getattr(prm.backbone.config, "_attn_implementation", None) == "flash_attention_2":
         return "packed"
     return "padded"
-
-
-def shared_prefix_length(input_ids: Sequence[Sequence[int]], step_ends: Sequence[Sequence[int]]) -> int:
-    """Length of the token prefix common to all rows that ends before any row's first step row (every row
-    keeps at least one token of its own), e.g. the system prompt and chat header of a template."""
-    limit = min(ends[0] if ends else len(ids) - 1 for ids, ends in zip(input_ids, step_ends))
-    first = input_ids[0]
-    n = 0
-    while n < limit and all(ids[n] == first[n] for ids in input_ids):
-        n += 1
-    return n

@@ -1,18 +1,27 @@
-"""Batched step scoring: token-budget batches of length-sorted rows, one fused head pass per batch."""
+"""Step scoring of tokenized rows: backbone batches -> step rows [K, H] -> head and fused op -> per-row scores.
+
+Rows flow one way: :class:`~fastprm.tokenization.StepTokenizer` rows -> a batch layout (one forward per row,
+packed varlen, or padded) -> :meth:`PRM.step_hidden_states` (the step rows' final hidden states, [K, H], in
+row order) -> :meth:`PRM.score_step_rows` (head + :func:`fastprm.ops.score_steps`) -> :class:`SolutionScores`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .batching import LAYOUTS, default_layout, shared_prefix_length, token_budget_batches
-from .models.prm import PRM
+from .batching import LAYOUTS, default_layout, token_budget_batches
 from .models.step_rows import compile_backbone
 from .packing import cu_seqlens, pack_rows, pad_rows
 from .tokenization import StepTokenizer, TokenizedSolution
+
+if TYPE_CHECKING:
+    from .models.prm import PRM
+    from .ops import StepScores
 
 
 @dataclass
@@ -20,9 +29,11 @@ class SolutionScores:
     """Scores of one solution.
 
     Attributes:
-        step_scores: P(step good) for every scored step, in order.
-        min, prod, mean, last: aggregates over the steps (NaN when no step was scored).
-        first_error: index of the first step whose score is below the threshold, -1 when none.
+        step_scores: P(step good) for every scored step, in order (NaN where the model gave NaN).
+        min, prod, mean, last: aggregates over the steps (NaN when no step was scored or a step is NaN;
+            ``min`` is NaN as soon as one step is).
+        first_error: index of the first step whose score is below the threshold or NaN (a NaN step is never
+            correct), -1 when none, None when no step was scored (every step dropped by truncation).
         steps_dropped / prompt_tokens_dropped: what truncation removed (0 when nothing).
     """
 
@@ -31,12 +42,19 @@ class SolutionScores:
     prod: float
     mean: float
     last: float
-    first_error: int
+    first_error: int | None
     steps_dropped: int = 0
     prompt_tokens_dropped: int = 0
 
     def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        """The fields as JSON-ready values: NaN becomes None."""
+        return {k: _json_number(v) for k, v in asdict(self).items()}
+
+
+def _json_number(value):
+    if isinstance(value, list):
+        return [_json_number(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 class Scorer:
@@ -44,21 +62,21 @@ class Scorer:
 
     Args:
         prm: the model.
-        batch_tokens: token budget of one backbone batch (rows x longest row).
+        batch_tokens: token budget of one backbone batch (rows x longest row) in the ``packed`` and
+            ``padded`` layouts.
         max_length: longest row; default the backbone's ``max_position_embeddings``.
         truncation: ``error`` (default), ``left-truncate-prompt`` or ``drop-steps``.
         threshold: ``first_error`` threshold.
         layout: ``rows`` (one unpadded forward per row), ``packed`` (each batch as one [1, N] varlen
             sequence with per-row position_ids) or ``padded`` (right-padded [B, T] with a mask); default
-            :func:`default_layout`. Step scores do not depend on it (tested to 1e-5 in fp32).
-        share_prefix: in the ``rows`` layout, compute the token prefix that every row of a batch starts with
-            (:func:`shared_prefix_length`) once and reuse its keys and values (default: on, unless compiling).
+            :func:`~fastprm.batching.default_layout`. Step scores do not depend on it (tested to 1e-5 in fp32).
+        share_prefix: in the ``rows`` layout, rows with the same prompt (template + problem: best-of-N
+            candidates, or any rows of one problem) run that prompt once and reuse its keys and values. Every
+            row is split at its prompt whether or not another row shares it, so a row's scores are the same
+            bits alone or in any batch. Default: on, unless compiling.
         compile: run the backbone's layers through ``torch.compile(dynamic=True)`` (see
-            :func:`~fastprm.models.step_rows.compile_backbone`). On this project's AVX2 CPU it is no faster than
-            eager (the backbone spends ~90% of its time in GEMMs, which compilation does not speed up).
+            :func:`~fastprm.models.step_rows.compile_backbone`).
     """
-
-    OPTIONS = ("batch_tokens", "max_length", "truncation", "threshold", "layout", "share_prefix", "compile")
 
     def __init__(
         self,
@@ -73,6 +91,10 @@ class Scorer:
     ):
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+        if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
         self.prm = prm
         if compile:
             compile_backbone(prm.backbone)
@@ -88,59 +110,78 @@ class Scorer:
         self.pad_id = prm.tokenizer.pad_token_id if prm.tokenizer.pad_token_id is not None else 0
 
     def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]]) -> list[SolutionScores]:
-        """Per-solution step scores, in input order."""
+        """Per-solution step scores, in input order. A bad row raises
+        :class:`~fastprm.tokenization.RowError` naming it."""
         return self.score_tokenized(self.tokenizer(problems, solutions))
 
     @torch.inference_mode()
     def score_tokenized(self, rows: Sequence[TokenizedSolution]) -> list[SolutionScores]:
+        """Per-row step scores of tokenized rows, in input order."""
+        if self.layout == "rows":
+            batches = [list(range(len(rows)))]  # one forward per row anyway: one head call for all
+        else:
+            batches = token_budget_batches([len(r.input_ids) for r in rows], self.batch_tokens)
         results: list[SolutionScores | None] = [None] * len(rows)
-        for batch in token_budget_batches([len(r.input_ids) for r in rows], self.batch_tokens):
-            for i, scores in zip(batch, self._score_batch([rows[i] for i in batch])):
-                results[i] = scores
+        for batch in batches:
+            members = [rows[i] for i in batch]
+            hidden = self._step_hidden(members)
+            scores = self.prm.score_step_rows(
+                hidden, cu_seqlens([len(r.step_ends) for r in members]), self.threshold
+            )
+            for i, result in zip(batch, _solution_scores(scores, members)):
+                results[i] = result
         return results  # type: ignore[return-value]
 
-    def _step_hidden(self, rows: list[TokenizedSolution]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states [K, H] of the step rows of a batch of rows, and cu_steps [B + 1]."""
+    def _step_hidden(self, rows: list[TokenizedSolution]) -> torch.Tensor:
+        """Final hidden states [K, H] of the step rows of ``rows``, in row and step order."""
         ids, ends = [r.input_ids for r in rows], [r.step_ends for r in rows]
         device = self.prm.device
         if self.layout == "rows":
-            shared = shared_prefix_length(ids, ends) if self.share_prefix and len(ids) > 1 else 0
-            prefix = self.prm.prefix_cache(torch.tensor([ids[0][:shared]], device=device)) if shared else None
-            hidden = torch.cat(
-                [
-                    self.prm.step_hidden_states(
-                        torch.tensor([row[shared:]], device=device),
-                        torch.tensor(e, dtype=torch.long, device=device) - shared,
-                        prefix=prefix,
-                    )
-                    for row, e in zip(ids, ends)
-                ]
-            )
-            return hidden, cu_seqlens([len(e) for e in ends]).to(device)
+            return self._rows_step_hidden(rows)
         if self.layout == "packed":
             batch = pack_rows(ids, ends).to(device)
-            hidden = self.prm.step_hidden_states(
+            return self.prm.step_hidden_states(
                 batch.input_ids, batch.step_index, position_ids=batch.position_ids
             )
-        else:
-            batch = pad_rows(ids, ends, self.pad_id).to(device)
-            hidden = self.prm.step_hidden_states(batch.input_ids, batch.step_index, batch.attention_mask)
-        return hidden, batch.cu_steps
+        batch = pad_rows(ids, ends, self.pad_id).to(device)
+        return self.prm.step_hidden_states(batch.input_ids, batch.step_index, batch.attention_mask)
 
-    def _score_batch(self, rows: list[TokenizedSolution]) -> Iterator[SolutionScores]:
-        hidden, cu_steps = self._step_hidden(rows)
-        step_index = torch.arange(hidden.shape[0], device=hidden.device)
-        out = self.prm.score_hidden(hidden, step_index, cu_steps, self.threshold)
-        per_seq = {k: getattr(out, k).float().cpu().tolist() for k in ("min", "prod", "mean", "last")}
-        first_error = out.first_error.cpu().tolist()
-        for b, (r, probs) in enumerate(zip(rows, out.per_sequence())):
-            yield SolutionScores(
-                step_scores=probs.float().cpu().tolist(),
-                min=per_seq["min"][b],
-                prod=per_seq["prod"][b],
-                mean=per_seq["mean"][b],
-                last=per_seq["last"][b],
-                first_error=first_error[b],
-                steps_dropped=r.steps_dropped,
-                prompt_tokens_dropped=r.prompt_tokens_dropped,
-            )
+    def _rows_step_hidden(self, rows: list[TokenizedSolution]) -> torch.Tensor:
+        """The ``rows`` layout: one unpadded forward per row; with ``share_prefix`` each row runs after the
+        cached keys and values of its prompt, computed once per distinct prompt (one cache alive at a time)."""
+        device = self.prm.device
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, r in enumerate(rows):
+            if r.step_ends:  # a row without steps needs no forward
+                split = r.prompt_length if self.share_prefix else 0
+                groups.setdefault(tuple(r.input_ids[:split]), []).append(i)
+        per_row: list[torch.Tensor | None] = [None] * len(rows)
+        for prompt, members in groups.items():
+            prefix = self.prm.prefix_cache(torch.tensor([prompt], device=device)) if prompt else None
+            for i in members:
+                ids = torch.tensor([rows[i].input_ids[len(prompt) :]], device=device)
+                ends = torch.tensor(rows[i].step_ends, device=device) - len(prompt)
+                per_row[i] = self.prm.step_hidden_states(ids, ends, prefix=prefix)
+            del prefix
+        hidden_size = self.prm.backbone.config.hidden_size
+        empty = torch.empty(0, hidden_size, dtype=self.prm.dtype, device=device)
+        return torch.cat([empty if h is None else h for h in per_row])
+
+
+def _solution_scores(scores: StepScores, rows: list[TokenizedSolution]) -> list[SolutionScores]:
+    """One :class:`SolutionScores` per row from the op's per-sequence outputs."""
+    per_seq = {k: getattr(scores, k).float().cpu().tolist() for k in ("min", "prod", "mean", "last")}
+    first_error = scores.first_error.cpu().tolist()
+    return [
+        SolutionScores(
+            step_scores=probs.float().cpu().tolist(),
+            min=per_seq["min"][b],
+            prod=per_seq["prod"][b],
+            mean=per_seq["mean"][b],
+            last=per_seq["last"][b],
+            first_error=first_error[b] if r.step_ends else None,
+            steps_dropped=r.steps_dropped,
+            prompt_tokens_dropped=r.prompt_tokens_dropped,
+        )
+        for b, (r, probs) in enumerate(zip(rows, scores.per_sequence()))
+    ]

@@ -17,6 +17,15 @@ from .models.conventions import PLAIN, PROBLEM_NEWLINE, QUESTION_SPACE, QWEN_CHA
 TRUNCATION_MODES = ("error", "left-truncate-prompt", "drop-steps")
 
 
+class RowError(ValueError):
+    """A row that cannot be tokenized: ``row`` numbers it (as the caller counts rows) and ``reason`` says why."""
+
+    def __init__(self, row: int, reason: str):
+        super().__init__(f"row {row}: {reason}")
+        self.row = row
+        self.reason = reason
+
+
 @dataclass
 class TokenizedSolution:
     """One problem + solution as model input.
@@ -24,14 +33,40 @@ class TokenizedSolution:
     Attributes:
         input_ids: token ids of the whole sequence.
         step_ends: position in ``input_ids`` of the token that scores each step (its last separator token).
+        prompt_length: tokens before the first step (template + problem): rows with equal prompts share
+            their keys and values when scored (0 for pre-tokenized rows, whose prompt is unknown).
         prompt_tokens_dropped: tokens cut from the left of the problem to fit ``max_length``.
         steps_dropped: trailing steps dropped to fit ``max_length`` (they get no score).
     """
 
     input_ids: list[int]
     step_ends: list[int]
+    prompt_length: int = 0
     prompt_tokens_dropped: int = 0
     steps_dropped: int = 0
+
+
+def _check_text(text: object, what: str, row: int) -> None:
+    """A RowError unless ``text`` is a str that can be encoded (a lone surrogate such as "\\ud800" cannot)."""
+    if not isinstance(text, str):
+        raise RowError(row, f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise RowError(
+            row, f"{what} is not valid Unicode text ({err.reason} at character {err.start})"
+        ) from None
+
+
+def check_row(problem: object, steps: object, row: int) -> None:
+    """A RowError naming ``row`` unless ``problem`` is text and ``steps`` a non-empty list of texts."""
+    _check_text(problem, "the problem", row)
+    if isinstance(steps, str) or not isinstance(steps, (list, tuple)):
+        raise RowError(row, f"the steps must be a list of strings, got {type(steps).__name__}")
+    if not steps:
+        raise RowError(row, "the solution has no steps")
+    for i, step in enumerate(steps):
+        _check_text(step, f"step {i}", row)
 
 
 class StepTokenizer:
@@ -72,9 +107,16 @@ class StepTokenizer:
         return token_id
 
     def _separator_ids(self, separator: str) -> list[int]:
-        """A separator that is one (special) token of the vocabulary is that id; otherwise its text's ids."""
+        """A separator that is one (special) token of the vocabulary is that id; otherwise its text's ids.
+        A convention whose separator must be a special token refuses a tokenizer without it: spelled as text,
+        the separator would be tokens the model never learned to score at (and a step could contain them)."""
         if separator in self.tokenizer.get_vocab():
             return [self.tokenizer.convert_tokens_to_ids(separator)]
+        if self.convention.special_separator:
+            raise ValueError(
+                f"the tokenizer has no token {separator!r}, the step separator of the {self.convention.name} "
+                "convention (a special token of its tokenizer)"
+            )
         ids = self.tokenizer(separator, add_special_tokens=False)["input_ids"]
         if not ids:
             raise ValueError(f"the separator {separator!r} tokenizes to nothing")
@@ -125,9 +167,14 @@ class StepTokenizer:
     def __call__(
         self, problems: Sequence[str], solutions: Sequence[Sequence[str]], first_row: int = 0
     ) -> list[TokenizedSolution]:
-        """Tokenizes a batch of rows. ``first_row`` numbers the rows in error messages."""
+        """Tokenizes a batch of rows. A bad row (:func:`check_row`, or too long) raises :class:`RowError`,
+        numbered from ``first_row``."""
+        if isinstance(problems, str) or isinstance(solutions, str):
+            raise ValueError("problems and solutions must be lists (one entry per row), not a string")
         if len(problems) != len(solutions):
             raise ValueError(f"got {len(problems)} problems but {len(solutions)} solutions")
+        for r, (problem, steps) in enumerate(zip(problems, solutions)):
+            check_row(problem, steps, first_row + r)
         joiner = self.convention.step_joiner
         first = " " if self.convention.template == QUESTION_SPACE else ""
         step_texts = [(joiner if i else first) + step for steps in solutions for i, step in enumerate(steps)]
@@ -142,9 +189,9 @@ class StepTokenizer:
     def from_ids(self, input_ids: Sequence[int], row: int = 0) -> TokenizedSolution:
         """Find mode: a pre-tokenized sequence (e.g. from an RL trainer) whose separator tokens mark the steps.
 
-        Every occurrence of the convention's one-token separator ends a step (found by the fused op's
-        :func:`fastprm.ops.find_steps`). The ids are taken as given: it is the caller's tokenization that
-        decided where separators are. Errors name ``row``.
+        Every occurrence of the convention's one-token separator ends a step. The ids are taken as given: it
+        is the caller's tokenization that decided where separators are. Errors are :class:`RowError` naming
+        ``row``.
         """
         if len(self.separator_ids) != 1:
             raise ValueError(
@@ -154,20 +201,14 @@ class StepTokenizer:
         if not isinstance(input_ids, (list, tuple)) or not all(
             isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in input_ids
         ):
-            raise ValueError(f"row {row}: input_ids must be a list of token ids in [0, {vocab})")
+            raise RowError(row, f"input_ids must be a list of token ids in [0, {vocab})")
         if self.max_length is not None and len(input_ids) > self.max_length:
-            raise ValueError(f"row {row}: {len(input_ids)} tokens exceed max_length={self.max_length}")
-        import torch
-
-        from .ops import find_steps
-
-        ids = torch.tensor(input_ids, dtype=torch.long)
-        step_index, _ = find_steps(ids, torch.tensor([0, len(input_ids)]), self.separator_ids)
-        if step_index.numel() == 0:
-            raise ValueError(
-                f"row {row}: input_ids hold no separator id {self.separator_ids[0]}: no step to score"
-            )
-        return TokenizedSolution(list(input_ids), step_index.tolist())
+            raise RowError(row, f"{len(input_ids)} tokens exceed max_length={self.max_length}")
+        separator = self.separator_ids[0]
+        step_ends = [i for i, t in enumerate(input_ids) if t == separator]
+        if not step_ends:
+            raise RowError(row, f"input_ids hold no separator id {separator}: no step to score")
+        return TokenizedSolution(list(input_ids), step_ends)
 
     def _assemble(self, problem_ids: list[int], step_ids: list[list[int]], row: int) -> TokenizedSolution:
         head, before, _, mid, tail = self._frame()
@@ -187,16 +228,21 @@ class StepTokenizer:
                     step_ids = step_ids[:-1]
                     dropped_steps += 1
             if fixed + len(problem_ids) + sum(step_lengths[: len(step_ids)]) > self.max_length:
-                raise ValueError(
-                    f"row {row}: {fixed + len(problem_ids) + sum(step_lengths)} tokens exceed max_length="
-                    f"{self.max_length} (truncation={self.truncation!r}; choose 'left-truncate-prompt' or "
-                    f"'drop-steps' to keep going)"
-                )
+                raise RowError(row, self._too_long(fixed + len(problem_ids) + sum(step_lengths)))
         ids = [*head, *problem_ids, *mid]
+        prompt_length = len(ids)
         ends = []
         for s in step_ids:
             ids += s
             ids += self.separator_ids
             ends.append(len(ids) - 1)
         ids += tail
-        return TokenizedSolution(ids, ends, dropped_prompt, dropped_steps)
+        return TokenizedSolution(ids, ends, prompt_length, dropped_prompt, dropped_steps)
+
+    def _too_long(self, total: int) -> str:
+        what = f"{total} tokens exceed max_length={self.max_length}"
+        if self.truncation == "error":
+            return f"{what} (truncation='error'; 'left-truncate-prompt' or 'drop-steps' keep going)"
+        if self.truncation == "left-truncate-prompt":
+            return f"{what}, and cutting the problem is not enough (truncation='drop-steps' drops steps)"
+        return f"{what} even with every step dropped (the template and problem alone are too long)"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -10,6 +12,34 @@ from safetensors import safe_open
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory fastprm cannot load; the one-line message names the directory."""
+
+
+@contextlib.contextmanager
+def checkpoint_errors(path: Path) -> Iterator[None]:
+    """Turns whatever loading ``path`` raises (transformers, safetensors and tokenizer errors included) into
+    a :class:`CheckpointError` whose message is one line naming the directory; the original is chained."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as err:  # every library raises its own kinds; each becomes one readable line
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(err).__name__
+        message = reason if reason.startswith(str(path)) else f"{path}: {reason}"
+        raise CheckpointError(message) from err
+
+
+def load_config(path: Path):
+    """The backbone's transformers config (config.json; no remote code)."""
+    from transformers import AutoConfig
+
+    if not (path / "config.json").exists():
+        raise CheckpointError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
+    return AutoConfig.from_pretrained(path, trust_remote_code=False)
 
 
 def _files_by_tensor(path: Path) -> dict[str, Path]:
@@ -55,6 +85,9 @@ def load_tokenizer(path: str | Path):
 
     config = Path(path) / "tokenizer_config.json"
     declared = json.loads(config.read_text()).get("tokenizer_class") if config.exists() else None
+    files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    if not any((Path(path) / f).exists() for f in files):
+        raise CheckpointError(f"{path} has no tokenizer files (none of {', '.join(files)})")
     if declared in _GENERIC_TOKENIZERS:
         return PreTrainedTokenizerFast.from_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
@@ -71,17 +104,32 @@ def load_backbone(path: str | Path, head_prefix: str, **kwargs) -> torch.nn.Modu
     import warnings
 
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
-    report = logging.getLogger("transformers.modeling_utils")
-    level = report.level
-    report.setLevel(logging.ERROR)
+    # The load report and a tensor-parallel note that lists unsharded norms on every single-device load.
+    quiet = [
+        logging.getLogger(n)
+        for n in ("transformers.modeling_utils", "transformers.distributed.tensor_parallel")
+    ]
+    levels = [logger.level for logger in quiet]
+    bar = hf_logging.is_progress_bar_enabled()
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()  # a bar per load of a few tensors is noise in a scoring run
     try:
-        backbone, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+        backbone, info = AutoModel.from_pretrained(
+            path, output_loading_info=True, trust_remote_code=False, **kwargs
+        )
     finally:
-        report.setLevel(level)
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+        if bar:
+            hf_logging.enable_progress_bar()
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])
-        raise ValueError(f"{path}: the checkpoint lacks {len(missing)} backbone tensors, e.g. {missing[:3]}")
+        raise CheckpointError(
+            f"{path}: the checkpoint lacks {len(missing)} backbone tensors, e.g. {missing[:3]}"
+        )
     ours = (head_prefix + ".", "lm_head.")
     unexpected = sorted(k for k in info["unexpected_keys"] if not k.startswith(ours))
     if unexpected:

@@ -40,7 +40,11 @@ class Convention:
         step_joiner: text placed before every step but the first (tokenized with that step).
         system_prompt: system message of chat templates.
         good_token / bad_token: for ``lm_pair`` heads, the vocabulary items whose logits are compared.
-        head_prefix: state-dict prefix of the head weights in the checkpoint.
+        head_prefix: state-dict prefix of the head weights in the family's checkpoints.
+        architectures: suffixes of the ``architectures`` names in the family's config.json (the first is
+            written by ``save_pretrained(format="original")``).
+        special_separator: the separator is one special token of the family's tokenizer (``<extra_0>``); a
+            tokenizer without it is refused rather than spelling the separator as text.
     """
 
     name: str
@@ -53,6 +57,8 @@ class Convention:
     good_token: str | None = None
     bad_token: str | None = None
     head_prefix: str = "score"
+    architectures: tuple[str, ...] = ()
+    special_separator: bool = False
 
     def with_overrides(self, **overrides) -> Convention:
         """A copy with the given non-None fields replaced (user overrides of separator, template, ...)."""
@@ -60,6 +66,10 @@ class Convention:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, fields: dict) -> Convention:
+        return cls(**{**fields, "architectures": tuple(fields.get("architectures", ()))})
 
 
 CONVENTIONS: dict[str, Convention] = {
@@ -71,6 +81,8 @@ CONVENTIONS: dict[str, Convention] = {
         positive_class=1,
         system_prompt=QWEN_MATH_SYSTEM_PROMPT,
         head_prefix="score",
+        architectures=("ForProcessRewardModel",),
+        special_separator=True,
     ),
     "math-shepherd": Convention(
         name="math-shepherd",
@@ -82,9 +94,15 @@ CONVENTIONS: dict[str, Convention] = {
         good_token="+",
         bad_token="-",
         head_prefix="lm_head",
+        architectures=("ForCausalLM",),
     ),
     "token-classification": Convention(
-        name="token-classification", head=LINEAR, separator="\n", template=PLAIN, positive_class=1
+        name="token-classification",
+        head=LINEAR,
+        separator="\n",
+        template=PLAIN,
+        positive_class=1,
+        architectures=("ForTokenClassification",),
     ),
     "value-head": Convention(
         name="value-head",
@@ -93,8 +111,14 @@ CONVENTIONS: dict[str, Convention] = {
         template=PROBLEM_NEWLINE,
         positive_class=1,
         head_prefix="v_head.summary",
+        architectures=("ForPrmModel", "ForValueHead"),
     ),
 }
+
+
+def saved_by_fastprm(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint in fastprm's own format (it has ``fastprm_config.json``)."""
+    return (Path(path) / FASTPRM_CONFIG).exists()
 
 
 def detect_convention(path: str | Path) -> Convention:
@@ -103,36 +127,49 @@ def detect_convention(path: str | Path) -> Convention:
     Order: fastprm's own config file; then ``architectures`` in config.json.
     """
     path = Path(path)
-    own = path / FASTPRM_CONFIG
-    if own.exists():
-        return Convention(**json.loads(own.read_text())["convention"])
+    if saved_by_fastprm(path):
+        return _fastprm_convention(path)
     config_file = path / "config.json"
     if not config_file.exists():
         raise ValueError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
-    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    try:
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"{config_file} is not a JSON object: {err}") from None
     for arch in architectures:
-        if arch.endswith("ForProcessRewardModel"):
-            return CONVENTIONS["qwen2.5-math-prm"]
-        if arch.endswith("ForTokenClassification"):
-            return CONVENTIONS["token-classification"]
-        if arch.endswith(("ForPrmModel", "ForValueHead")):
-            return CONVENTIONS["value-head"]
-        if arch.endswith("ForCausalLM"):
-            return CONVENTIONS["math-shepherd"]
+        for convention in CONVENTIONS.values():
+            if str(arch).endswith(convention.architectures):
+                return convention
     raise ValueError(
         f"cannot tell the PRM convention of {path} from architectures={architectures}; pass convention= one of "
         f"{sorted(CONVENTIONS)}"
     )
 
 
-def get_convention(name_or_path: str, path: str | Path) -> Convention:
-    """``auto`` detects from the checkpoint; a name picks a built-in convention."""
-    if name_or_path == "auto":
-        return detect_convention(path)
-    if name_or_path == "fastprm":
-        return detect_convention(path)
-    if name_or_path not in CONVENTIONS:
+def _fastprm_convention(path: Path) -> Convention:
+    own = path / FASTPRM_CONFIG
+    try:
+        return Convention.from_json(json.loads(own.read_text())["convention"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{own} is not a fastprm config: {err}") from None
+
+
+def get_convention(name: str, path: str | Path) -> Convention:
+    """The convention of the checkpoint at ``path``: ``auto`` detects it, ``fastprm`` requires fastprm's own
+    format, a built-in name picks that convention. A checkpoint saved by fastprm keeps its saved convention
+    (separator and template included): naming a different one is an error."""
+    if name not in ("auto", "fastprm", *CONVENTIONS):
         raise ValueError(
-            f"unknown convention {name_or_path!r}; expected 'auto', 'fastprm' or one of {sorted(CONVENTIONS)}"
+            f"unknown convention {name!r}; expected 'auto', 'fastprm' or one of {sorted(CONVENTIONS)}"
         )
-    return CONVENTIONS[name_or_path]
+    if saved_by_fastprm(path):
+        saved = _fastprm_convention(Path(path))
+        if name not in ("auto", "fastprm", saved.name):
+            raise ValueError(
+                f"{path} was saved by fastprm with the {saved.name} convention, not {name}; pass convention "
+                "'auto' or 'fastprm'"
+            )
+        return saved
+    if name == "fastprm":
+        raise ValueError(f"{path} is not in fastprm's format (no {FASTPRM_CONFIG}); pass convention 'auto'")
+    return detect_convention(path) if name == "auto" else CONVENTIONS[name]

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from ..ops import StepScores, score_steps
+from ..tokenization import StepTokenizer
 from . import varlen_attention
-from .checkpoint import load_backbone, load_tokenizer, read_tensors, tensor_names
-from .conventions import CONVENTIONS, FASTPRM_CONFIG, LINEAR, LM_PAIR, MLP, Convention, get_convention
+from .checkpoint import load_backbone, load_config, load_tokenizer
+from .conventions import CONVENTIONS, FASTPRM_CONFIG, Convention, get_convention, saved_by_fastprm
 from .cpu_bf16 import bf16_matmuls, native_bf16
-from .heads import build_head
+from .heads import Head, build_head, head_class
 from .step_rows import last_layer_at_rows
+
+if TYPE_CHECKING:
+    from ..scoring import SolutionScores
+
+# fastprm's own format keeps the head under this prefix, with fastprm's parameter names.
+FASTPRM_HEAD_PREFIX = "head"
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -39,12 +48,14 @@ def default_attention(device: torch.device, dtype: torch.dtype = torch.bfloat16)
 
 
 class PRM(nn.Module):
-    """A process reward model: backbone hidden states -> head -> per-step probabilities.
+    """A process reward model: backbone hidden states at the step rows -> head -> per-step probabilities.
 
-    Build with :meth:`from_pretrained`; score with :meth:`score` (see :mod:`fastprm.scoring`).
+    Build with :meth:`from_pretrained` (a checkpoint directory) or :meth:`from_config` (random weights);
+    score with :meth:`score` (see :class:`fastprm.scoring.Scorer`); train with
+    :class:`fastprm.training.PRMTrainer`, which calls :meth:`forward`.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, convention: Convention, tokenizer=None):
+    def __init__(self, backbone: nn.Module, head: Head, convention: Convention, tokenizer=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -58,6 +69,10 @@ class PRM(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.backbone.parameters()).dtype
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
 
     # -- loading and saving -------------------------------------------------------------------------------------
 
@@ -82,39 +97,46 @@ class PRM(nn.Module):
         Args:
             path: checkpoint directory.
             convention: ``auto`` (read from the config), ``qwen2.5-math-prm``, ``math-shepherd``,
-                ``token-classification``, ``value-head`` or ``fastprm``.
+                ``token-classification``, ``value-head`` or ``fastprm`` (fastprm's own format only).
             dtype: backbone dtype; default bf16 where the device has native bf16, else fp32.
             device: default CPU.
             separator, good_token, bad_token, template, positive_class, system_prompt: override the
                 convention's defaults.
             attn_implementation: the backbone's attention; default :func:`default_attention` of the device.
+
+        Raises:
+            fastprm.models.checkpoint.CheckpointError: a ValueError with a one-line message naming the directory, for any checkpoint
+                problem (no config, unknown architecture, missing, half or corrupt weights, no tokenizer, a
+                tokenizer without the convention's special separator, an LM head neither stored nor tied).
         """
-        from transformers import AutoConfig
+        from .checkpoint import checkpoint_errors
 
         path = Path(path)
-        conv = get_convention(convention, path).with_overrides(
-            separator=separator,
-            good_token=good_token,
-            bad_token=bad_token,
-            template=template,
-            positive_class=positive_class,
-            system_prompt=system_prompt,
-        )
-        device = torch.device(device or "cpu")
-        dtype = dtype or default_dtype(device)
-        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        backbone = load_backbone(
-            path,
-            conv.head_prefix,
-            config=config,
-            dtype=dtype,
-            trust_remote_code=False,
-            attn_implementation=attn_implementation or default_attention(device, dtype),
-        )
-        tokenizer = load_tokenizer(path)
-        head = _load_head(path, conv, config.hidden_size, tokenizer)
-        model = cls(backbone, head.to(dtype), conv, tokenizer).to(device)
-        return model.eval()
+        with checkpoint_errors(path):
+            conv = get_convention(convention, path).with_overrides(
+                separator=separator,
+                good_token=good_token,
+                bad_token=bad_token,
+                template=template,
+                positive_class=positive_class,
+                system_prompt=system_prompt,
+            )
+            device = torch.device(device or "cpu")
+            dtype = dtype or default_dtype(device)
+            config = load_config(path)
+            own_format = saved_by_fastprm(path)
+            head_prefix = FASTPRM_HEAD_PREFIX if own_format else conv.head_prefix
+            backbone = load_backbone(
+                path,
+                head_prefix,
+                config=config,
+                dtype=dtype,
+                attn_implementation=attn_implementation or default_attention(device, dtype),
+            )
+            tokenizer = load_tokenizer(path)
+            StepTokenizer(tokenizer, conv)  # refuses a tokenizer that cannot spell the convention's steps
+            head = head_class(conv).from_checkpoint(path, head_prefix, conv, config, tokenizer)
+        return cls(backbone, head.to(dtype), conv, tokenizer).to(device).eval()
 
     @classmethod
     def from_config(
@@ -156,29 +178,33 @@ class PRM(nn.Module):
         """Writes the model as a checkpoint directory.
 
         ``format="fastprm"``: backbone (``model.*``) and head (``head.*``) in safetensors, the backbone config,
-        the tokenizer and ``fastprm_config.json`` (head kind, separator, template, positive class).
-        ``format="original"``: the on-disk layout of the convention's own family (Qwen2.5-Math-PRM
+        the tokenizer and ``fastprm_config.json`` (the convention: head kind, separator, template, positive
+        class). ``format="original"``: the on-disk layout of the convention's own family (Qwen2.5-Math-PRM
         ``score.0`` / ``score.2``, token-classification ``score``, value-head ``v_head.summary``), loadable
-        with ``convention="auto"`` and by the family's own code.
+        with ``convention="auto"`` and by the family's own code; an LM-pair head has none.
         """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         config = self.backbone.config
         tensors = {f"model.{k}": v for k, v in self.backbone.state_dict().items()}
         if format == "fastprm":
-            tensors.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-            own = {
-                "convention": {**self.convention.to_json(), "head_prefix": "head"},
-                "num_classes": self.num_classes,
-            }
-            (path / FASTPRM_CONFIG).write_text(json.dumps(own, indent=2) + "\n")
+            tensors.update({f"{FASTPRM_HEAD_PREFIX}.{k}": v for k, v in self.head.state_dict().items()})
+            own = {"convention": self.convention.to_json(), "num_classes": self.num_classes}
         elif format == "original":
-            prefix, architecture, names = _original_layout(self.convention, self.num_classes)
-            tensors.update({f"{prefix}.{names.get(k, k)}": v for k, v in self.head.state_dict().items()})
-            config.architectures = [type(self.backbone).__name__.removesuffix("Model") + architecture]
+            family = CONVENTIONS.get(self.convention.name)
+            if family is None:
+                raise ValueError(
+                    f"the {self.convention.name} convention has no original layout; use format='fastprm'"
+                )
+            tensors.update({f"{family.head_prefix}.{k}": v for k, v in self.head.original_tensors().items()})
+            config.architectures = [
+                type(self.backbone).__name__.removesuffix("Model") + family.architectures[0]
+            ]
             config.num_labels = self.num_classes
         else:
             raise ValueError(f"format must be 'fastprm' or 'original', got {format!r}")
+        path.mkdir(parents=True, exist_ok=True)
+        if format == "fastprm":
+            (path / FASTPRM_CONFIG).write_text(json.dumps(own, indent=2) + "\n")
         config.save_pretrained(path)
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
@@ -187,10 +213,6 @@ class PRM(nn.Module):
         )
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(path)
-
-    @property
-    def num_classes(self) -> int:
-        return self.head.out.weight.shape[0]
 
     # -- forward ------------------------------------------------------------------------------------------------
 
@@ -201,13 +223,14 @@ class PRM(nn.Module):
         prefix=None,
         **kwargs,
     ) -> torch.Tensor:
-        """Last hidden states of the backbone (no LM head): [B, T, H].
+        """Last hidden states of the backbone (no LM head): [B, T, H] (or [1, K, H] within
+        :func:`~fastprm.models.step_rows.last_layer_at_rows`).
 
         ``prefix``: a :meth:`prefix_cache` of tokens that come before ``input_ids`` (one unpadded row, B = 1);
         the row attends to them as if they led it, and the cache is left as it was.
         """
         if prefix is not None:
-            kwargs[_cache_argument(self.backbone)] = prefix
+            kwargs[_cache_argument(type(self.backbone))] = prefix
             prefix_length = prefix.get_seq_length()
         with bf16_matmuls(self.device, self.dtype):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
@@ -216,10 +239,12 @@ class PRM(nn.Module):
         return out.last_hidden_state
 
     def prefix_cache(self, prefix_ids: torch.Tensor):
-        """Keys and values of a token prefix [1, P] that many rows share (a system prompt, a problem scored
-        with many solutions), for :meth:`hidden_states` ``(..., prefix=...)``: it is computed once, and each
-        row then runs only its own tokens. A transformers ``Cache``."""
-        with bf16_matmuls(self.device, self.dtype):
+        """Keys and values of a token prefix [1, P] that many rows share (a problem scored with many
+        solutions), for :meth:`hidden_states` / :meth:`step_hidden_states` ``(..., prefix=...)``: it is
+        computed once, and each row then runs only its own tokens. A transformers ``Cache``. Nothing reads
+        the prefix's own outputs, so its last layer stops after attention (zero step rows)."""
+        no_rows = torch.empty(0, dtype=torch.long, device=prefix_ids.device)
+        with last_layer_at_rows(self.backbone, no_rows), bf16_matmuls(self.device, self.dtype):
             out = self.backbone(input_ids=prefix_ids, use_cache=True)
         return out.cache if hasattr(out, "cache") else out.past_key_values
 
@@ -231,23 +256,25 @@ class PRM(nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         """Final hidden states [K, H] at ``rows`` [K] (int64 flat positions of the [B * T] tokens), e.g. the
-        step rows. Cheaper than :meth:`hidden_states`: the last layer's output projection and MLP run at
-        those rows only (:mod:`fastprm.models.step_rows`). ``kwargs`` go to :meth:`hidden_states`."""
-        with last_layer_at_rows(self.backbone, rows):
+        step rows. The last layer computes past its attention at those rows only
+        (:mod:`fastprm.models.step_rows`); other architectures run it in full and the rows are gathered.
+        ``kwargs`` go to :meth:`hidden_states` (``position_ids``, ``prefix``)."""
+        with last_layer_at_rows(self.backbone, rows) as at_rows:
             hidden = self.hidden_states(input_ids, attention_mask, **kwargs)
-        return hidden.reshape(-1, hidden.shape[-1])[rows]
+        return hidden[0] if at_rows else hidden.reshape(-1, hidden.shape[-1])[rows]
 
-    def score_hidden(
-        self, hidden: torch.Tensor, step_index: torch.Tensor, cu_steps: torch.Tensor, threshold: float = 0.5
+    def score_step_rows(
+        self, step_hidden: torch.Tensor, cu_steps: torch.Tensor, threshold: float = 0.5
     ) -> StepScores:
-        """Fused head + per-sequence reductions over the step rows of [N, H] hidden states."""
+        """The head and the fused op over step rows: ``step_hidden`` [K, H] (from :meth:`step_hidden_states`)
+        and ``cu_steps`` [B + 1] int64 offsets of each sequence's steps -> :class:`~fastprm.ops.StepScores`."""
         with bf16_matmuls(self.device, self.dtype):
-            rows, row_index, weight, bias = self.head.project(hidden, step_index)
+            rows, weight, bias = self.head.project(step_hidden)
         return score_steps(
             rows,
             weight,
             bias,
-            step_index=row_index,
+            step_index=torch.arange(rows.shape[0], device=rows.device),
             cu_steps=cu_steps,
             positive_class=self.convention.positive_class,
             threshold=threshold,
@@ -263,18 +290,20 @@ class PRM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training forward: [B, T] ids -> (step_logits [K, C], step_probs [K]) for the given step rows.
 
-        ``step_index`` holds flat rows of the [B * T] hidden states; no per-token logits are computed. For a
-        packed varlen batch pass input_ids [1, N] with ``position_ids`` restarting at 0 for every row and no
-        mask (see :func:`fastprm.packing.pack_rows`).
+        ``step_index`` holds flat rows of the [B * T] tokens; the backbone's last layer runs past its
+        attention at those rows only and no per-token logits are computed. For a packed varlen batch pass
+        input_ids [1, N] with ``position_ids`` restarting at 0 for every row and no mask (see
+        :func:`fastprm.packing.pack_rows`).
         """
         extra = {} if position_ids is None else {"position_ids": position_ids}
-        hidden = self.hidden_states(input_ids, attention_mask, **extra)
-        scores = self.score_hidden(hidden.reshape(-1, hidden.shape[-1]), step_index, cu_steps)
+        step_hidden = self.step_hidden_states(input_ids, step_index, attention_mask, **extra)
+        scores = self.score_step_rows(step_hidden, cu_steps)
         return scores.step_logits, scores.step_probs
 
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **options):
         """Recomputes backbone activations in backward; what ``Trainer`` calls for
-        ``gradient_checkpointing=True``. Non-reentrant by default, so a frozen embedding (LoRA) is fine."""
+        ``gradient_checkpointing=True``. Non-reentrant by default, so a frozen embedding (LoRA) is fine. The
+        step-row last layer is not recomputed (see :func:`~fastprm.models.step_rows.last_layer_at_rows`)."""
         kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
         if hasattr(self.backbone, "activation_checkpointing_enable"):  # transformers >= 5.x
             self.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, **options)
@@ -285,85 +314,17 @@ class PRM(nn.Module):
         """The older transformers name of :meth:`activation_checkpointing_enable`."""
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
 
-    def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]], **kwargs):
-        """Scores solutions step by step; see :class:`fastprm.scoring.Scorer` for the options."""
+    def score(
+        self, problems: Sequence[str], solutions: Sequence[Sequence[str]], **scorer_options
+    ) -> list[SolutionScores]:
+        """Scores solutions step by step: ``Scorer(self, **scorer_options).score(problems, solutions)``; the
+        options are :class:`fastprm.scoring.Scorer`'s keyword arguments."""
         from ..scoring import Scorer
 
-        return Scorer(self, **{k: kwargs.pop(k) for k in list(kwargs) if k in Scorer.OPTIONS}).score(
-            problems, solutions, **kwargs
-        )
+        return Scorer(self, **scorer_options).score(problems, solutions)
 
 
-def _cache_argument(backbone: nn.Module) -> str:
+@functools.cache
+def _cache_argument(backbone_type: type) -> str:
     """The backbone forward's KV-cache argument: ``cache`` in recent transformers, ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
-
-
-def _original_layout(convention: Convention, num_classes: int) -> tuple[str, str, dict[str, str]]:
-    """(head prefix, architecture suffix, head-parameter renames) of a family's own checkpoints."""
-    linear = {"out.weight": "weight", "out.bias": "bias"}
-    if convention.head == MLP:
-        return (
-            "score",
-            "ForProcessRewardModel",
-            {
-                "hidden.weight": "0.weight",
-                "hidden.bias": "0.bias",
-                "out.weight": "2.weight",
-                "out.bias": "2.bias",
-            },
-        )
-    if convention.head == LINEAR and num_classes == 2:
-        return "score", "ForTokenClassification", linear
-    if convention.head == LINEAR and num_classes == 1:
-        return "v_head.summary", "ForPrmModel", linear
-    raise ValueError(
-        f"the {convention.name} convention has no original layout fastprm can write: its head is two rows of "
-        "the LM head; save in the fastprm format instead"
-    )
-
-
-def _load_head(path: Path, conv: Convention, hidden_size: int, tokenizer) -> nn.Module:
-    prefix = conv.head_prefix
-    own = path / FASTPRM_CONFIG
-    if conv.head == LM_PAIR:
-        good_id, bad_id = lm_pair_token_ids(tokenizer, conv)
-        names = tensor_names(path)
-        source = prefix if f"{prefix}.weight" in names else "model.embed_tokens"  # tied embeddings
-        weight = read_tensors(path, source)["weight"]
-        head = build_head(conv, hidden_size, 2)
-        head.out.weight.data.copy_(weight[[good_id, bad_id]])
-        return head
-    tensors = read_tensors(path, prefix)
-    if not tensors:
-        raise ValueError(f"{path} has no head weights under '{prefix}.*' for convention {conv.name}")
-    if conv.head == MLP:
-        num_classes = (
-            tensors["2.weight"].shape[0] if "2.weight" in tensors else tensors["out.weight"].shape[0]
-        )
-        head = build_head(conv, hidden_size, num_classes)
-        renamed = {
-            "0.weight": "hidden.weight",
-            "0.bias": "hidden.bias",
-            "2.weight": "out.weight",
-            "2.bias": "out.bias",
-        }
-        head.load_state_dict({renamed.get(k, k): v for k, v in tensors.items()})
-        return head
-    if conv.head == LINEAR:
-        key = "weight" if "weight" in tensors else "out.weight"
-        head = build_head(conv, hidden_size, tensors[key].shape[0])
-        head.load_state_dict({("out." + k if not k.startswith("out.") else k): v for k, v in tensors.items()})
-        return head
-    raise ValueError(f"unknown head kind {conv.head!r} in {own if own.exists() else path}")
-
-
-def lm_pair_token_ids(tokenizer, conv: Convention) -> tuple[int, int]:
-    """Vocabulary ids of the good and bad tokens, as the Math-Shepherd card derives them: the ids of
-    ``"{good} {bad}"`` without special tokens (so '+' and '-' carry their word-boundary piece)."""
-    ids = tokenizer(f"{conv.good_token} {conv.bad_token}", add_special_tokens=False)["input_ids"]
-    if len(ids) != 2:
-        raise ValueError(
-            f"good_token={conv.good_token!r} and bad_token={conv.bad_token!r} should be one token each, got ids {ids}"
-        )
-    return ids[0], ids[1]
+    return "cache" if "cache" in inspect.signature(backbone_type.forward).parameters else "past_key_values"

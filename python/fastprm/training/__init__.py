@@ -17,6 +17,7 @@ _LAZY = {
     "StepDataset": "fastprm.training.batches",
     "TokenBudgetBatchSampler": "fastprm.training.batches",
     "step_bce": "fastprm.training.loss",
+    "step_bce_sum": "fastprm.training.loss",
     "step_loss_mask": "fastprm.training.loss",
 }
 
@@ -28,12 +29,13 @@ __all__ = [
     "StepDataset",
     "TokenBudgetBatchSampler",
     "step_bce",
+    "step_bce_sum",
     "step_loss_mask",
 ]
 
 if TYPE_CHECKING:
     from .batches import StepCollator, StepDataset, TokenBudgetBatchSampler
-    from .loss import step_bce, step_loss_mask
+    from .loss import step_bce, step_bce_sum, step_loss_mask
     from .trainer import PRMTrainer, PRMTrainingArguments
 
 

@@ -45,6 +45,37 @@ def step_loss_mask(labels: torch.Tensor, cu_steps: torch.Tensor, mode: str) -> t
     return (before - start[seq]) == 0
 
 
+def step_bce_sum(
+    step_logits: torch.Tensor,
+    labels: torch.Tensor,
+    cu_steps: torch.Tensor,
+    *,
+    positive_class: int = 1,
+    mode: str = "all",
+    pos_weight: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed binary cross-entropy of the counted steps and how many steps were counted.
+
+    Args:
+        step_logits: [K, C] float logits of the step rows (C in {1, 2}).
+        labels: [K] hard (0/1, bool) or soft (float in [0, 1]) labels; soft labels are used as they are.
+        cu_steps: [B + 1] int64 offsets of each sequence's steps.
+        positive_class: index of the "good" class.
+        mode: ``all``, ``last`` or ``first_error`` (see :func:`step_loss_mask`).
+        pos_weight: weight of the positive term (as in ``BCEWithLogitsLoss``).
+
+    Returns:
+        (loss sum, counted steps): scalar float32 tensors. The trainer divides by the count of the whole
+        global batch; :func:`step_bce` by this batch's.
+    """
+    labels = labels.to(torch.float32)
+    z = positive_margin(step_logits.float(), positive_class)
+    mask = step_loss_mask(labels, cu_steps, mode)
+    weight = None if pos_weight is None else torch.tensor(pos_weight, device=z.device)
+    per_step = F.binary_cross_entropy_with_logits(z, labels, pos_weight=weight, reduction="none")
+    return (per_step * mask).sum(), mask.sum().to(torch.float32)
+
+
 def step_bce(
     step_logits: torch.Tensor,
     labels: torch.Tensor,
@@ -55,27 +86,11 @@ def step_bce(
     pos_weight: float | None = None,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """Binary cross-entropy of every counted step.
-
-    Args:
-        step_logits: [K, C] float logits of the step rows (C in {1, 2}).
-        labels: [K] hard (0/1, bool) or soft (float in [0, 1]) labels; soft labels are used as they are.
-        cu_steps: [B + 1] int64 offsets of each sequence's steps.
-        positive_class: index of the "good" class.
-        mode: ``all``, ``last`` or ``first_error`` (see :func:`step_loss_mask`).
-        pos_weight: weight of the positive term (as in ``BCEWithLogitsLoss``).
-        reduction: ``mean`` over counted steps, or ``sum``.
-
-    Returns:
-        Scalar float32 loss.
-    """
-    labels = labels.to(torch.float32)
-    z = positive_margin(step_logits.float(), positive_class)
-    mask = step_loss_mask(labels, cu_steps, mode)
-    weight = None if pos_weight is None else torch.tensor(pos_weight, device=z.device)
-    per_step = F.binary_cross_entropy_with_logits(z, labels, pos_weight=weight, reduction="none") * mask
-    if reduction == "sum":
-        return per_step.sum()
-    if reduction != "mean":
+    """Binary cross-entropy of every counted step (arguments as :func:`step_bce_sum`), its ``mean`` over the
+    counted steps or its ``sum``: a scalar float32 tensor."""
+    if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    return per_step.sum() / mask.sum().clamp(min=1)
+    total, counted = step_bce_sum(
+        step_logits, labels, cu_steps, positive_class=positive_class, mode=mode, pos_weight=pos_weight
+    )
+    return total if reduction == "sum" else total / counted.clamp(min=1)

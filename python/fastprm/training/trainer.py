@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
 
 from .batches import StepCollator, TokenBudgetBatchSampler
-from .loss import step_bce, step_loss_mask
+from .loss import step_bce_sum
 
 
 @dataclass
@@ -69,11 +69,10 @@ class PRMTrainer(Trainer):
         )
         unwrapped = self.accelerator.unwrap_model(model)
         labels, cu_steps = inputs["step_labels"], inputs["cu_steps"]
-        loss_sum = step_bce(
+        loss_sum, counted = step_bce_sum(
             step_logits, labels, cu_steps, positive_class=unwrapped.convention.positive_class,
-            mode=self.args.label_mode, pos_weight=self.args.pos_weight, reduction="sum",
+            mode=self.args.label_mode, pos_weight=self.args.pos_weight,
         )  # fmt: skip
-        counted = step_loss_mask(labels, cu_steps, self.args.label_mode).sum().to(torch.float32)
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if world > 1 and model.training:
             # Gradients are averaged over ranks: scale by world / global count to get the global mean.
