@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
-from fastprm.demo import make_problem, run
+from fastprm.cli import main
+from fastprm.demo import make_problem, pipeline
 
 
 def first_wrong_step(problem: str, steps: list[str]) -> int:
@@ -43,11 +45,28 @@ def test_solutions_differ_and_some_correct_themselves():
     assert any(r["steps"][-1] == f"the answer is {r['answer']} ." for r in corrected)
 
 
-def test_pipeline_runs_end_to_end(tmp_path):
+def test_pipeline_runs_end_to_end(tmp_path, capsys):
     """Every stage on a tiny budget (quality is `make demo`'s job): report, metrics and scores exist."""
-    result = run(tmp_path, train_problems=40, test_problems=4, max_steps=3)
-    assert result["report"].exists()
-    assert 0.0 <= result["processbench"]["steps"]["auroc"] <= 1.0
-    assert {"majority", "random", "oracle"} <= set(result["bon"]["accuracy"])
+    argv = ["demo", "--workdir", str(tmp_path), "--train-problems", "40", "--test-problems", "4"]
+    assert main([*argv, "--max-steps", "3"]) == 0
+    assert (tmp_path / "report.html").exists()
+    processbench = json.loads((tmp_path / "processbench.json").read_text())
+    bon = json.loads((tmp_path / "bon.json").read_text())
+    assert 0.0 <= processbench["steps"]["auroc"] <= 1.0
+    assert {"majority", "random", "oracle"} <= set(bon["accuracy"])
     scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
     assert len(scored) == 4 * 8 and all("scores" in row for row in scored)
+    printed = capsys.readouterr().out
+    assert "[5/5] report" in printed and "best-of-8 accuracy" in printed and str(tmp_path) in printed
+
+
+def test_pipeline_is_fastprm_commands():
+    """The demo is a list of fastprm argv lists; every one parses (the demo imports nothing from the CLI)."""
+    from fastprm.cli import build_parser
+
+    steps = pipeline(Path("w"), max_steps=7, seed=3)
+    assert [argv[0] for _, argv in steps] == ["train", "score", "eval", "eval", "report"]
+    parser = build_parser()
+    for _, argv in steps:
+        parser.parse_args(argv)
+    assert steps[0][1][steps[0][1].index("--max-steps") + 1] == "7"

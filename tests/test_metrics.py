@@ -31,7 +31,7 @@ from fastprm.metrics import (
     threshold_sweep,
 )
 from fastprm.metrics.answers import answer_value
-from fastprm.metrics.best_of_n import balanced_orders, problem_accuracy
+from fastprm.metrics.bon import balanced_orders, problem_accuracy
 from fastprm.metrics.processbench import step_outcomes, subset_scores
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -151,6 +151,16 @@ def test_auroc_known_values():
     assert auroc([0.5, 0.5, 0.5], [1, 0, 1]) == 0.5
 
 
+def test_nan_scores_rank_lowest_and_count_as_confidence_zero():
+    # As the lowest score: a NaN good step ranks below the bad step, and ties with the other NaN.
+    assert auroc([math.nan, 0.2, 0.8], [1, 0, 1]) == auroc([-1.0, 0.2, 0.8], [1, 0, 1]) == 0.5
+    assert auroc([math.nan, None, 0.3], [1, 0, 1]) == auroc([0.0, 0.0, 0.3], [1, 0, 1])
+    table = reliability_table([math.nan, None, 0.95], [1, 0, 1], n_bins=10)
+    assert table[0]["count"] == 2 and table[0]["confidence"] == 0.0 and table[0]["accuracy"] == 0.5
+    assert sum(b["count"] for b in table) == 3  # nothing silently dropped
+    assert expected_calibration_error(table) == pytest.approx((2 * 0.5 + 1 * 0.05) / 3)
+
+
 def test_reliability_table_and_ece():
     conf = [0.05, 0.15, 0.12, 0.95, 1.0]
     good = [0, 1, 0, 1, 1]
@@ -169,7 +179,7 @@ def test_reliability_table_and_ece():
 def test_predicted_first_error():
     assert predicted_first_error([0.9, 0.4, 0.2], 0.5) == 1
     assert predicted_first_error([0.9, 0.5], 0.5) == -1  # at the threshold is not below it
-    assert predicted_first_error([], 0.5) == -1
+    assert predicted_first_error([], 0.5) is None  # no step scored: no prediction
 
 
 def test_subset_scores_is_the_harmonic_mean_of_both_accuracies():
@@ -184,29 +194,69 @@ def test_subset_scores_is_the_harmonic_mean_of_both_accuracies():
 GRID = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["a", "b"]), st.lists(st.sampled_from(GRID), max_size=5), st.integers(-1, 5)
+            st.sampled_from(["a", "b"]),
+            st.lists(st.sampled_from([*GRID, math.nan, None]), max_size=5),
+            st.integers(-1, 5),
         ),
         min_size=1,
         max_size=12,
     )
 )
 def test_sweep_equals_thresholding_each_sample(rows):
-    """Scores on the threshold grid make every tie between a score and a threshold happen."""
+    """Scores on the threshold grid make every tie between a score and a threshold happen; NaN and None
+    steps (no score) are errors at every threshold; samples with no scored step are left out of both."""
     samples = [Sample(subset, min(label, len(scores)), scores) for subset, scores, label in rows]
     sweep = threshold_sweep(samples, GRID)
+    scored = [s for s in samples if s.step_scores]
+    assert sorted(sweep["f1"]) == sorted({s.subset for s in scored} | {"average"})
     for i, t in enumerate(GRID):
         direct = {}
-        for subset in sorted({s.subset for s in samples}):
-            members = [s for s in samples if s.subset == subset]
+        for subset in sorted({s.subset for s in scored}):
+            members = [s for s in scored if s.subset == subset]
             preds = [predicted_first_error(s.step_scores, t) for s in members]
             direct[subset] = subset_scores([s.label for s in members], preds)["f1"]
             np.testing.assert_equal(sweep["f1"][subset][i], direct[subset])
         defined = [v for v in direct.values() if not math.isnan(v)]
         np.testing.assert_allclose(sweep["f1"]["average"][i], np.mean(defined) if defined else np.nan)
+
+
+def test_a_nan_step_is_an_error_at_every_threshold():
+    assert predicted_first_error([0.9, math.nan, 0.1], 0.5) == 1
+    assert predicted_first_error([0.9, None], 0.0) == 1  # even where no real score can be below
+    assert predicted_first_error([math.nan], 1.0) == 0
+
+
+def test_nan_scores_f1_and_sweep_agree():
+    """Issue 10 defect 7: one all-correct solution whose steps have no score used to be F1 100 at 0.5
+    (NaN < 0.5 is False: "no error") while the sweep said 0."""
+    samples = [Sample("s", -1, [math.nan, math.nan]), Sample("s", 1, [0.9, 0.2])]
+    m = evaluate_processbench(samples, threshold=0.5)
+    assert m["predictions"] == [0, 1]
+    assert m["subsets"]["s"]["correct_accuracy"] == 0.0 and m["subsets"]["s"]["f1"] == 0.0
+    at_half = m["sweep"]["thresholds"].index(0.5)
+    assert m["sweep"]["f1"]["s"][at_half] == m["subsets"]["s"]["f1"]
+    assert m["best"]["f1"] == 0.0
+    assert m["steps"]["n"] == 4 and m["steps"]["n_nan"] == 2
+
+
+def test_rows_with_no_scored_step_are_left_out_and_counted():
+    """Issue 10 defect 8: a row whose steps were all dropped by truncation is no prediction (it was
+    counted as a correct "-1")."""
+    right = [Sample("s", -1, [0.9]), Sample("s", 0, [0.1])]
+    m = evaluate_processbench([*right, Sample("s", -1, []), Sample("s", 0, [])], threshold=0.5)
+    alone = evaluate_processbench(right, threshold=0.5)
+    assert m["unscored_rows"] == 2 and alone["unscored_rows"] == 0
+    assert m["predictions"] == [-1, 0, None, None]
+    assert m["subsets"] == alone["subsets"] and m["sweep"] == alone["sweep"] and m["steps"] == alone["steps"]
+    assert (m["subsets"]["s"]["n_error"], m["subsets"]["s"]["n_correct"]) == (1, 1)
+    nothing = evaluate_processbench([Sample("s", -1, [])])
+    assert nothing["subsets"] == {} and nothing["unscored_rows"] == 1
+    assert len(nothing["sweep"]["f1"]["average"]) == len(nothing["sweep"]["thresholds"])
+    assert nothing["best"]["threshold"] is None and math.isnan(nothing["average"]["f1"])
 
 
 def test_step_outcomes():
@@ -271,6 +321,16 @@ def test_ties_share_the_credit_and_missing_answers_do_not_vote():
     assert acc["majority"] == 0.5  # "1" and "2" one vote each
     with pytest.raises(ValueError, match="answers"):
         problem_accuracy(Problem([True], {"min": [0.5]}), ["majority"], n=1)
+
+
+def test_candidates_without_a_score_are_never_picked_and_weigh_nothing():
+    p = Problem(correct=[False, True, False], scores={"min": [None, 0.2, math.nan]}, answers=["x", "y", "x"])
+    acc = problem_accuracy(p, ["prm-min", "weighted-min", "majority"], n=3)
+    assert acc["prm-min"] == 1.0  # the only scored candidate, however low
+    assert acc["weighted-min"] == 1.0  # "y": 0.2 against "x": 0 + 0
+    assert acc["majority"] == 0.0  # unscored candidates still vote
+    unscored = Problem(correct=[True, False], scores={"min": [None, math.nan]}, answers=["x", "y"])
+    assert problem_accuracy(unscored, ["prm-min"], n=2)["prm-min"] == 0.0  # nothing to pick: no credit
 
 
 def test_balanced_orders_draw_every_candidate_equally_often():

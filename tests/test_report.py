@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import math
@@ -11,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fastprm.eval_cli import add_eval_commands, json_ready, subset_of
+from fastprm.cli import main
+from fastprm.eval_cli import subset_of
+from fastprm.io import json_safe
 from fastprm.metrics import aggregate_steps, predicted_first_error
 from fastprm.report import Table, text_table
 
@@ -19,11 +20,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def run(*argv) -> int:
-    """The commands as ``fastprm`` runs them once cli.py has added them to its sub-commands."""
-    parser = argparse.ArgumentParser(prog="fastprm")
-    add_eval_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
+    """The commands as ``fastprm`` runs them."""
+    return main([str(a) for a in argv])
 
 
 def scored(problem: str, steps: list[str], step_scores: list[float], **fields) -> dict:
@@ -146,8 +144,8 @@ def test_eval_bon(tmp_path, capsys):
         run("eval", "bon", "--scores", tmp_path / "bon.jsonl", "--answer-key", "gold")
 
 
-def test_json_ready_and_subset_of():
-    assert json_ready({"a": [1.0, math.nan, {"b": -math.inf}], "c": "x"}) == {
+def test_json_safe_and_subset_of():
+    assert json_safe({"a": [1.0, math.nan, {"b": -math.inf}], "c": "x"}) == {
         "a": [1.0, None, {"b": None}],
         "c": "x",
     }

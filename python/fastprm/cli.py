@@ -1,31 +1,183 @@
-"""``fastprm`` command line: ``fastprm score ...``."""
+"""The ``fastprm`` command line: every command's options (``score``, ``train``, ``eval``, ``report``, ``demo``),
+checked when parsed, and the ``score`` pipeline.
+
+Building the parser imports neither torch, transformers nor numpy: the choices come from torch-free modules
+and each command imports what it needs when it runs (``fastprm --help`` stays fast). Errors a user can cause
+(a bad option, a missing file, a bad row, a broken checkpoint) end the command with one line on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
-import json
+import math
+import re
 import sys
 import time
+from pathlib import Path
 
-from .demo import add_demo_command
-from .eval_cli import add_eval_commands
-from .train_cli import add_train_command
+from .batching import LAYOUTS
+from .data.formats import NEUTRAL_POLICIES
+from .data.loading import BAD_ROW_POLICIES, FORMAT_COLUMNS
+from .io import (
+    AtomicOutput,
+    BadRow,
+    InputRow,
+    check_input_file,
+    check_output_file,
+    json_text,
+    one_line,
+    read_rows,
+)
+from .metrics import AGGREGATES
+from .models.conventions import CONVENTIONS
+from .tokenization import TRUNCATION_MODES
+from .training.label_modes import LABEL_MODES
 
 DEFAULT_SPLIT = r"\n\n"
+# --dtype names: fastprm's short ones and torch's own, to the torch dtype's name (None: the model's default).
+DTYPES = {
+    "auto": None,
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
+TRAIN_DTYPES = ("fp32", "float32", "bf16", "bfloat16")
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
+
+
+# -- option types: each names what it expects; argparse adds the option's name ---------------------------
+
+
+def _number(text: str, kind: type, ok, expected: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or (kind is float and not math.isfinite(value)) or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 1, "an integer >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def max_steps(text: str) -> int:
+    return _number(text, int, lambda v: v == -1 or v >= 1, "-1 (train for --epochs) or an integer >= 1")
+
+
+def probability(text: str) -> float:
+    return _number(text, float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "a finite number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: v >= 0, "a finite number >= 0")
+
+
+def split_regex(text: str) -> str:
+    """A regex that splits a solution into steps: valid, and never matching the empty string (which would
+    split between every character)."""
+    try:
+        pattern = re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"invalid regex {text!r}: {err}") from None
+    if pattern.fullmatch(""):
+        raise argparse.ArgumentTypeError(f"{text!r} matches the empty string; give the text between steps")
+    return text
+
+
+def dtype_name(text: str) -> str | None:
+    """A --dtype name -> torch's dtype name (None for auto)."""
+    if text not in DTYPES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(DTYPES)}, got {text!r}")
+    return DTYPES[text]
+
+
+def train_dtype_name(text: str) -> str:
+    if text not in TRAIN_DTYPES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(TRAIN_DTYPES)}, got {text!r}")
+    return DTYPES[text]
+
+
+def aggregate_list(text: str) -> list[str]:
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    if not names or set(names) - set(AGGREGATES):
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(AGGREGATES)}, got {text!r}")
+    return names
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line (the full usage of a command is its --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- fastprm score ----------------------------------------------------------------------------------------
 
 
 def _score(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm import tqdm
+    """Reads the rows, tokenizes and scores them a chunk at a time, writes them to a temporary file that
+    becomes --output only when every row is done."""
+    try:
+        check_input_file(args.input, "--input")
+        check_output_file(args.output, "--output", [("--input", args.input)])
+        _check_folder(args.model, "--model")
+    except ValueError as err:
+        raise SystemExit(f"fastprm score: {err}") from None
+    scorer = _load_scorer(args)
+    try:
+        output = AtomicOutput(args.output)
+    except OSError as err:
+        raise SystemExit(f"fastprm score: --output {args.output}: {one_line(err)}") from None
+    try:
+        with output as out:
+            counts = _score_rows(scorer, read_rows(args.input, args.split_steps), out, args)
+    except BadRow as err:
+        raise SystemExit(f"fastprm score: {err}; {output.failure_note()}") from None
+    except KeyboardInterrupt:
+        print(f"fastprm score: interrupted; {output.failure_note()}", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except OSError as err:
+        raise SystemExit(f"fastprm score: {one_line(err)}; {output.failure_note()}") from None
+    except BaseException:  # a bug: its traceback follows, but first where the rows scored so far are
+        print(f"fastprm score: failed; {output.failure_note()}", file=sys.stderr)
+        raise
+    if not args.quiet:
+        print(_score_summary(counts, args.output), file=sys.stderr)
+    return 0
 
-    from .io import BadRow, read_rows
+
+def _check_folder(path: str, option: str) -> None:
+    if not Path(path).is_dir():
+        raise ValueError(f"{option} {path}: no such folder")
+
+
+def _load_scorer(args: argparse.Namespace):
+    import torch
+
     from .models import PRM
     from .scoring import Scorer
 
-    dtype = {"auto": None, "bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
-    prm = PRM.from_pretrained(args.model, convention=args.convention, dtype=dtype, device=args.device)
-    scorer = Scorer(
+    dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    try:
+        prm = PRM.from_pretrained(args.model, convention=args.convention, dtype=dtype, device=args.device)
+    except (ValueError, OSError, RuntimeError) as err:  # checkpoint problems; corners of transformers
+        raise SystemExit(f"fastprm score: cannot load --model {args.model}: {one_line(err)}") from None
+    return Scorer(
         prm,
         batch_tokens=args.batch_tokens,
         max_length=args.max_length,
@@ -34,58 +186,42 @@ def _score(args: argparse.Namespace) -> int:
         layout=args.layout,
         compile=args.compile,
     )
-    rows = read_rows(args.input, split_steps=args.split_steps)
-    n_rows = n_tokens = n_bad = 0
+
+
+def _score_rows(scorer, rows, out, args: argparse.Namespace) -> dict[str, int]:
+    """Scores ``rows`` a chunk at a time into ``out``; raises the first :class:`BadRow` unless
+    ``--skip-bad-rows`` (then its record takes the row's place). Returns the counts of the summary."""
+    from tqdm import tqdm
+
+    counts = dict.fromkeys(("rows", "tokens", "bad", "unscored"), 0)
     start = time.perf_counter()
-    with open(args.output, "w", encoding="utf-8") as out, tqdm(unit=" rows", disable=args.quiet) as bar:
+    with tqdm(unit=" rows", disable=args.quiet) as bar:
         while chunk := list(itertools.islice(rows, args.chunk_rows)):
-            chunk = _tokenize_chunk(scorer, chunk, args.input)
-            bad = [r for r in chunk if isinstance(r, BadRow)]
+            tokenized = _tokenize_chunk(scorer.tokenizer, chunk, args.input)
+            bad = [r for r in tokenized if isinstance(r, BadRow)]
             if bad and not args.skip_bad_rows:
-                raise SystemExit(f"fastprm score: {bad[0]}")
-            good = [r for r in chunk if not isinstance(r, BadRow)]
-            tokenized = [t for _, t in good]
-            scores = iter(scorer.score_tokenized(tokenized))
-            for r in chunk:
-                if isinstance(r, BadRow):
-                    n_bad += 1
-                    out.write(json.dumps({"error": str(r)}, ensure_ascii=False) + "\n")
-                    continue
-                out.write(
-                    json.dumps({**r[0].record, "scores": next(scores).to_dict()}, ensure_ascii=False) + "\n"
-                )
-            n_rows += len(good)
-            n_tokens += sum(len(t.input_ids) for t in tokenized)
+                raise bad[0]
+            good = [t for _, t in (r for r in tokenized if not isinstance(r, BadRow))]
+            scores = scorer.score_tokenized(good)
+            _write_chunk(out, tokenized, scores)
+            counts["rows"] += len(good)
+            counts["tokens"] += sum(len(t.input_ids) for t in good)
+            counts["bad"] += len(bad)
+            counts["unscored"] += sum(not s.step_scores for s in scores)
             bar.update(len(chunk))
-            bar.set_postfix(tokens_per_s=f"{n_tokens / (time.perf_counter() - start):.0f}")
-    if not args.quiet:
-        print(
-            f"scored {n_rows} rows ({n_tokens} tokens) -> {args.output}"
-            + (f"; {n_bad} bad rows recorded" if n_bad else ""),
-            file=sys.stderr,
-        )
-    return 0
+            bar.set_postfix(tokens_per_s=f"{counts['tokens'] / (time.perf_counter() - start):.0f}")
+    return counts
 
 
-def _tokenize_chunk(scorer, chunk: list, path: str) -> list:
+def _tokenize_chunk(tokenizer, chunk: list[InputRow | BadRow], path: str) -> list[tuple | BadRow]:
     """Each row as (row, tokenized), or a BadRow naming its line (e.g. too long for max_length).
 
     Text rows are tokenized in one batch; only when that fails are they retried one by one to find the bad
     ones. Pre-tokenized rows go through find mode (:meth:`~fastprm.tokenization.StepTokenizer.from_ids`).
     """
-    from .io import BadRow
-
-    def one(r) -> tuple | BadRow:
-        try:
-            if r.input_ids is not None:
-                return r, scorer.tokenizer.from_ids(r.input_ids, r.line)
-            return r, scorer.tokenizer([r.problem], [r.steps], first_row=r.line)[0]
-        except ValueError as err:
-            return BadRow(f"{path}:{r.line}: {err}")
-
-    text = [r for r in chunk if not isinstance(r, BadRow) and r.input_ids is None]
+    text = [r for r in chunk if isinstance(r, InputRow) and r.input_ids is None]
     try:
-        batched = iter(scorer.tokenizer([r.problem for r in text], [r.steps for r in text]))
+        batched = iter(tokenizer([r.problem for r in text], [r.steps for r in text]))
     except ValueError:
         batched = None
     out = []
@@ -95,65 +231,285 @@ def _tokenize_chunk(scorer, chunk: list, path: str) -> list:
         elif r.input_ids is None and batched is not None:
             out.append((r, next(batched)))
         else:
-            out.append(one(r))
+            out.append(_tokenize_row(tokenizer, r, path))
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastprm", description="Fast process reward models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _tokenize_row(tokenizer, row: InputRow, path: str) -> tuple | BadRow:
+    try:
+        if row.input_ids is not None:
+            return row, tokenizer.from_ids(row.input_ids, row.line)
+        return row, tokenizer([row.problem], [row.steps], first_row=row.line)[0]
+    except ValueError as err:  # a RowError: its reason, without the row number the BadRow already gives
+        return BadRow(path, row.line, getattr(err, "reason", str(err)), row.record.get("id"))
 
-    score = sub.add_parser("score", help="score every step of the solutions in a JSONL file")
-    score.add_argument("--model", required=True, help="PRM checkpoint directory (Hugging Face format)")
-    score.add_argument(
+
+def _write_chunk(out, tokenized: list[tuple | BadRow], scores: list) -> None:
+    """One line per row, in input order: the input row plus its scores, or the bad row's record."""
+    scores_of_good = iter(scores)
+    for r in tokenized:
+        record = (
+            r.record() if isinstance(r, BadRow) else {**r[0].record, "scores": next(scores_of_good).to_dict()}
+        )
+        out.write(json_text(record) + "\n")
+    out.flush()  # the partial file holds whole chunks, should a later one fail
+
+
+def _score_summary(counts: dict[str, int], output: str) -> str:
+    notes = []
+    if counts["bad"]:
+        notes.append(f"{counts['bad']} bad rows recorded")
+    if counts["unscored"]:
+        notes.append(f"{counts['unscored']} rows with no step scored (all dropped by truncation)")
+    return f"scored {counts['rows']} rows ({counts['tokens']} tokens) -> {output}" + "".join(
+        f"; {n}" for n in notes
+    )
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="score every step of the solutions in a JSONL file")
+    p.add_argument("--model", required=True, help="PRM checkpoint directory (Hugging Face format)")
+    p.add_argument(
         "--input",
         required=True,
         help="JSONL rows: {problem, steps}, ProcessBench, TRL {prompt, completions}, {problem, solution} with "
         "--split-steps, or pre-tokenized {input_ids} whose separator ids mark the steps (find mode)",
     )
-    score.add_argument("--output", required=True, help="JSONL: each input row plus its 'scores'")
-    score.add_argument(
-        "--convention",
-        default="auto",
-        help="auto, qwen2.5-math-prm, math-shepherd, token-classification, value-head, fastprm",
+    p.add_argument(
+        "--output",
+        required=True,
+        help="JSONL: each input row plus its 'scores' (written to a temporary file, renamed at the end)",
     )
-    score.add_argument("--threshold", type=float, default=0.5, help="first_error threshold (default 0.5)")
-    score.add_argument(
+    p.add_argument("--convention", default="auto", choices=["auto", "fastprm", *CONVENTIONS])
+    p.add_argument("--threshold", type=probability, default=0.5, help="first_error threshold (default 0.5)")
+    p.add_argument(
         "--split-steps",
         nargs="?",
+        type=split_regex,
         const=DEFAULT_SPLIT,
         default=None,
         metavar="REGEX",
-        help="split 'solution' into steps (default regex: a blank line)",
+        help="split 'solution' into steps (default regex: a blank line); the output row gets the 'steps'",
     )
-    score.add_argument(
+    p.add_argument(
         "--skip-bad-rows", action="store_true", help="record bad rows in the output instead of stopping"
     )
-    score.add_argument("--batch-tokens", type=int, default=16384, help="token budget of one backbone batch")
-    score.add_argument("--chunk-rows", type=int, default=1024, help="rows read, scored and written at a time")
-    score.add_argument("--max-length", type=int, default=None)
-    score.add_argument(
-        "--truncation", default="error", choices=["error", "left-truncate-prompt", "drop-steps"]
+    p.add_argument(
+        "--batch-tokens", type=positive_int, default=16384, help="token budget of one backbone batch"
     )
-    score.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32", "fp16"])
-    score.add_argument("--device", default=None)
-    score.add_argument(
+    p.add_argument(
+        "--chunk-rows", type=positive_int, default=1024, help="rows read, scored and written at a time"
+    )
+    p.add_argument("--max-length", type=positive_int, default=None)
+    p.add_argument("--truncation", default="error", choices=TRUNCATION_MODES)
+    p.add_argument("--dtype", type=dtype_name, default=None, metavar="|".join(DTYPES), help="default auto")
+    p.add_argument("--device", default=None)
+    p.add_argument(
         "--layout",
         default=None,
-        choices=["rows", "packed", "padded"],
+        choices=LAYOUTS,
         help="backbone batches: one forward per row (CPU default), packed varlen (default with "
         "flash-attention 2) or padded",
     )
-    score.add_argument(
+    p.add_argument(
         "--compile",
         action="store_true",
         help="torch.compile the backbone's layers (no faster than eager on AVX2 CPUs: GEMM-bound)",
     )
-    score.add_argument("--quiet", action="store_true")
-    score.set_defaults(func=_score)
-    add_train_command(sub)
-    add_eval_commands(sub)
-    add_demo_command(sub)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_score)
+
+
+# -- fastprm train ----------------------------------------------------------------------------------------
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a PRM on step-labelled data")
+    p.add_argument(
+        "--model", required=True, help="checkpoint directory, or a JSON file describing a new model"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="training rows: TRL stepwise, ProcessBench, PRM800K or Math-Shepherd (jsonl/json/parquet)",
+    )
+    p.add_argument("--eval", default=None, help="evaluation rows (same formats)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--data-format", default="auto", choices=["auto", *FORMAT_COLUMNS])
+    p.add_argument(
+        "--neutral", default="positive", choices=NEUTRAL_POLICIES, help="PRM800K neutral (0) ratings"
+    )
+    p.add_argument("--on-bad-row", default="error", choices=BAD_ROW_POLICIES)
+    p.add_argument("--epochs", type=positive_float, default=1.0)
+    p.add_argument("--max-steps", type=max_steps, default=-1)
+    p.add_argument("--lr", type=positive_float, default=1e-5)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument(
+        "--batch-tokens",
+        type=positive_int,
+        default=None,
+        help="token budget per batch instead of a fixed batch size",
+    )
+    p.add_argument(
+        "--packed",
+        action="store_true",
+        help="pack each batch into one varlen sequence (no padding tokens; rows drawn at random, not grouped by length)",
+    )
+    p.add_argument("--label-mode", default="all", choices=LABEL_MODES)
+    p.add_argument("--pos-weight", type=positive_float, default=None)
+    p.add_argument("--max-length", type=positive_int, default=None)
+    p.add_argument("--eval-steps", type=positive_int, default=100)
+    p.add_argument("--save-steps", type=positive_int, default=500)
+    p.add_argument("--logging-steps", type=positive_int, default=10)
+    p.add_argument(
+        "--warmup",
+        type=non_negative_float,
+        default=0.0,
+        help="warmup steps, or a fraction of all steps if < 1",
+    )
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.0)
+    p.add_argument(
+        "--lr-scheduler",
+        default="linear",
+        help="transformers scheduler name (linear, cosine, constant_with_warmup, ...)",
+    )
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--dtype",
+        type=train_dtype_name,
+        default="float32",
+        metavar="|".join(TRAIN_DTYPES),
+        help="default fp32",
+    )
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--lora-r", type=non_negative_int, default=0, help="train LoRA adapters of this rank (needs peft)"
+    )
+    p.add_argument("--lora-alpha", type=positive_int, default=16)
+    p.add_argument("--save-format", default="fastprm", choices=["fastprm", "original"])
+    p.add_argument("--resume", default=None, help="checkpoint directory to resume from")
+    p.set_defaults(func=_lazy(".train_cli", "train"))
+
+
+# -- fastprm eval / report --------------------------------------------------------------------------------
+
+
+def _add_eval_outputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", help="write the metrics JSON here (input of fastprm report)")
+    parser.add_argument("--plots", metavar="DIR", help="write the PNG figures into this directory")
+
+
+def _add_eval(sub) -> None:
+    ev = sub.add_parser("eval", help="metrics of rows scored by fastprm score")
+    kinds = ev.add_subparsers(dest="eval_command", required=True)
+
+    pb = kinds.add_parser(
+        "processbench", help="first-error F1 (ProcessBench), threshold sweep, step calibration"
+    )
+    pb.add_argument("--scores", required=True, help="JSONL written by fastprm score from ProcessBench rows")
+    pb.add_argument(
+        "--threshold",
+        type=probability,
+        default=0.5,
+        help="a step below it (or with no score) is an error (default 0.5)",
+    )
+    pb.add_argument(
+        "--subset", default=None, help="subset of every row (default: the id prefix, gsm8k of gsm8k-12)"
+    )
+    pb.add_argument(
+        "--examples", type=non_negative_int, default=4, help="solutions drawn as step-score bars (default 4)"
+    )
+    _add_eval_outputs(pb)
+    pb.set_defaults(func=_lazy(".eval_cli", "eval_processbench"))
+
+    bon = kinds.add_parser(
+        "bon", help="best-of-N accuracy of PRM selection, weighted and plain majority votes"
+    )
+    bon.add_argument(
+        "--scores", required=True, help="JSONL written by fastprm score, several rows per problem"
+    )
+    bon.add_argument(
+        "--group-key", default="problem", help="rows with equal values are one problem's candidates"
+    )
+    bon.add_argument(
+        "--answer-key", default="answer", help="gold answer field (a bare answer or a solution stating one)"
+    )
+    bon.add_argument(
+        "--correct-key", default=None, help="boolean field of recorded correctness, instead of gold"
+    )
+    bon.add_argument(
+        "--aggregates", type=aggregate_list, default=list(AGGREGATES), help="e.g. min,prod (default all)"
+    )
+    bon.add_argument(
+        "--orders",
+        type=positive_int,
+        default=4,
+        help="seeded candidate orders per problem, each in all its cyclic shifts (default 4)",
+    )
+    bon.add_argument("--seed", type=int, default=0)
+    _add_eval_outputs(bon)
+    bon.set_defaults(func=_lazy(".eval_cli", "eval_bon"))
+
+    report = sub.add_parser("report", help="HTML report (tables and figures) of fastprm eval outputs")
+    report.add_argument(
+        "--metrics", nargs="+", required=True, help="metrics JSON files or directories of them"
+    )
+    report.add_argument("--output", required=True, help="the HTML file to write")
+    report.add_argument("--title", default="fastprm evaluation")
+    report.set_defaults(func=_lazy(".eval_cli", "report"))
+
+
+# -- fastprm demo -----------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Writes the demo's data and model config, then runs its pipeline of fastprm commands through
+    :func:`main` (:func:`fastprm.demo.pipeline`)."""
+    from . import demo
+
+    workdir = Path(args.workdir)
+    demo.prepare(workdir, args.train_problems, args.test_problems, seed=args.seed)
+    for title, argv in demo.pipeline(workdir, max_steps=args.max_steps, seed=args.seed):
+        if title:
+            print(title, flush=True)
+        code = main(argv)
+        if code:
+            return code
+    print(demo.summary(workdir))
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="offline end-to-end demo: synthetic data, train a PRM from scratch, evaluate, report"
+    )
+    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--max-steps", type=positive_int, default=1500)
+    p.add_argument("--train-problems", type=positive_int, default=12000, help="problems to train on")
+    p.add_argument(
+        "--test-problems", type=positive_int, default=150, help="held-out problems (8 solutions each)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+
+# -- the parser -------------------------------------------------------------------------------------------
+
+
+def _lazy(module: str, name: str):
+    """A command handler imported when the command runs (so the parser needs neither torch nor numpy)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module, __package__), name)(args)
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastprm", description="Fast process reward models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_score, _add_train, _add_eval, _add_demo):
+        add(sub)
     return parser
 
 

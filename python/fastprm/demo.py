@@ -5,6 +5,9 @@ solutions that notice and correct their error, several solutions per problem wit
 a word-level tokenizer; train a small Qwen2-shaped PRM with ``fastprm train``; score held-out problems with
 ``fastprm score``; evaluate (step AUROC, ProcessBench-style F1, best-of-8 against majority vote and random)
 with ``fastprm eval``; write figures and an HTML report with ``fastprm report``.
+
+:func:`prepare` writes the data, tokenizer and model config; :func:`pipeline` lists the ``fastprm`` commands
+that follow, which the CLI's ``demo`` command runs (this module imports nothing from the CLI).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ VERBS = ["gets", "finds", "buys", "wins"]
 # sums and copies (measured: step AUROC ~0.55 after 1,500 steps with quantities up to ~30, ~0.93 with 0-9).
 MAX_VALUE = 9
 STEP_ERRORS = ("arithmetic", "carry")
+N_SOLUTIONS = 8  # solutions per held-out problem: best-of-8
 
 
 def _near(rng: random.Random, x: int) -> int:
@@ -27,21 +31,21 @@ def _near(rng: random.Random, x: int) -> int:
     return rng.choice([x + d for d in (-2, -1, 1, 2) if x + d >= 0])
 
 
-def _operations(rng: random.Random, a: int, n: int) -> list[tuple[str, int]]:
-    """Up to ``n`` events that each add 1-4 while the count stays within MAX_VALUE.
+def _operations(rng: random.Random, a: int, n: int) -> list[int]:
+    """Up to ``n`` amounts of 1-4 added one after another while the count stays within MAX_VALUE.
 
     Only additions: subtraction doubles the table of one-digit facts, and the PRM then needs about twice the
     training time to learn to check them (measured with this demo's model and budget).
     """
-    ops, value = [], a
-    while len(ops) < n and value < MAX_VALUE:
+    amounts, value = [], a
+    while len(amounts) < n and value < MAX_VALUE:
         b = rng.randint(1, min(4, MAX_VALUE - value))
-        ops.append(("+", b))
+        amounts.append(b)
         value += b
-    return ops
+    return amounts
 
 
-def _solution(rng: random.Random, a: int, ops: list[tuple[str, int]], error_rate: float):
+def _solution(rng: random.Random, a: int, amounts: list[int], error_rate: float):
     """Steps and ProcessBench label (first wrong step, or -1) of one solution.
 
     Errors: a wrong sum ("arithmetic"), a step that starts from a number other than the previous result or
@@ -49,24 +53,23 @@ def _solution(rng: random.Random, a: int, ops: list[tuple[str, int]], error_rate
     is sometimes noticed and corrected in the next step ("wait , ..."), so the final answer is right although
     the solution has an error.
     """
-    error_at = rng.randrange(len(ops) + 1) if rng.random() < error_rate else None
-    kind = "answer" if error_at == len(ops) else rng.choice(STEP_ERRORS)
+    error_at = rng.randrange(len(amounts) + 1) if rng.random() < error_rate else None
+    kind = "answer" if error_at == len(amounts) else rng.choice(STEP_ERRORS)
     steps, value, label = [], a, -1
-    for k, (op, b) in enumerate(ops):
-        true = value + b if op == "+" else value - b
+    for k, b in enumerate(amounts):
+        true = value + b
         if k == error_at and kind != "answer":
             start = _near(rng, value) if kind == "carry" and k > 0 else value
-            result = start + b if op == "+" else start - b
-            if start == value:  # a wrong sum (a carry error needs a previous step to carry from)
-                result = _near(rng, true)
-            steps.append(f"{start} {op} {b} = {result} .")
+            # A wrong sum (a carry error needs a previous step to carry from), or a right sum of a wrong start.
+            result = _near(rng, true) if start == value else start + b
+            steps.append(f"{start} + {b} = {result} .")
             label = len(steps) - 1
             if rng.random() < 0.25:
-                steps.append(f"wait , {value} {op} {b} = {true} .")
+                steps.append(f"wait , {value} + {b} = {true} .")
             else:
                 true = result
         else:
-            steps.append(f"{value} {op} {b} = {true} .")
+            steps.append(f"{value} + {b} = {true} .")
         value = true
     if kind == "answer" and error_at is not None:
         label = len(steps)
@@ -82,24 +85,21 @@ def make_problem(rng: random.Random, pid: int, n_solutions: int) -> list[dict]:
     majority answer is often wrong: the case where a PRM should beat majority voting.
     """
     a = rng.randint(1, MAX_VALUE - 3)
-    ops = _operations(rng, a, 3)
-    answer = a
-    for op, b in ops:
-        answer = answer + b if op == "+" else answer - b
+    amounts = _operations(rng, a, 3)
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    verbs = " , then ".join(f"{rng.choice(VERBS)} {b}" for _, b in ops)
+    verbs = " , then ".join(f"{rng.choice(VERBS)} {b}" for b in amounts)
     problem = f"{name} has {a} {item} . {name} {verbs} . how many {item} now ?"
     error_rate = rng.uniform(0.3, 0.9)
     rows = []
     for s in range(n_solutions):
-        steps, label = _solution(rng, a, ops, error_rate)
+        steps, label = _solution(rng, a, amounts, error_rate)
         rows.append(
             {
                 "id": f"arith-{pid * n_solutions + s}",  # ProcessBench ids: subset-index
                 "problem": problem,
                 "steps": steps,
                 "label": label,
-                "answer": str(answer),
+                "answer": str(a + sum(amounts)),
             }
         )
     return rows
@@ -127,29 +127,21 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def run(
-    workdir: Path,
-    train_problems: int = 12000,
-    test_problems: int = 150,
-    n_solutions: int = 8,
-    max_steps: int = 1500,
-    seed: int = 0,
-) -> dict:
-    from .cli import main
-
+def prepare(workdir: Path, train_problems: int = 12000, test_problems: int = 150, seed: int = 0) -> None:
+    """Writes the demo's inputs into ``workdir``: training rows (2 solutions per problem), held-out rows
+    (:data:`N_SOLUTIONS` per problem), a word-level tokenizer and the new model's JSON config."""
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     train_rows = [r for p in range(train_problems) for r in make_problem(rng, p, 2)]
-    test_rows = [r for p in range(test_problems) for r in make_problem(rng, 10_000 + p, n_solutions)]
+    test_rows = [r for p in range(test_problems) for r in make_problem(rng, 10_000 + p, N_SOLUTIONS)]
     write_jsonl(
         workdir / "train.jsonl", [{k: r[k] for k in ("id", "problem", "steps", "label")} for r in train_rows]
     )
     write_jsonl(workdir / "test.jsonl", test_rows)
     print(
-        f"[1/5] data: {len(train_rows)} training solutions, {test_problems} held-out problems x {n_solutions}",
+        f"[1/5] data: {len(train_rows)} training solutions, {test_problems} held-out problems x {N_SOLUTIONS}",
         flush=True,
     )
-
     tok = build_tokenizer(
         [r["problem"] + " " + " ".join(r["steps"]) for r in train_rows], workdir / "tokenizer"
     )
@@ -164,91 +156,49 @@ def run(
         "separator": "<step>",
     }  # fmt: skip
     (workdir / "model.json").write_text(json.dumps(spec, indent=1))
-    print("[2/5] training a PRM from scratch", flush=True)
-    model = workdir / "prm"
-    main([
-        "train", "--model", str(workdir / "model.json"), "--data", str(workdir / "train.jsonl"), "--output", str(model),
-        "--max-steps", str(max_steps), "--batch-size", "32", "--lr", "1e-3", "--warmup", "0.03", "--lr-scheduler", "constant_with_warmup", "--weight-decay", "0.01",
-        "--packed", "--label-mode", "first_error", "--logging-steps", "50", "--save-steps", "100000", "--seed", str(seed),
-    ])  # fmt: skip
-    print("[3/5] scoring held-out solutions", flush=True)
-    main(
-        [
-            "score",
-            "--model",
-            str(model),
-            "--input",
-            str(workdir / "test.jsonl"),
-            "--output",
-            str(workdir / "scored.jsonl"),
-            "--dtype",
-            "fp32",
-        ]
-    )
-    print("[4/5] evaluating", flush=True)
-    plots = workdir / "figures"
-    main(
-        [
-            "eval",
-            "processbench",
-            "--scores",
-            str(workdir / "scored.jsonl"),
-            "--output",
-            str(workdir / "processbench.json"),
-            "--plots",
-            str(plots),
-        ]
-    )
-    main(
-        [
-            "eval",
-            "bon",
-            "--scores",
-            str(workdir / "scored.jsonl"),
-            "--output",
-            str(workdir / "bon.json"),
-            "--plots",
-            str(plots),
-        ]
-    )
-    print("[5/5] report", flush=True)
-    report = workdir / "report.html"
-    main(
-        [
-            "report",
-            "--metrics",
-            str(workdir / "processbench.json"),
-            str(workdir / "bon.json"),
-            "--output",
-            str(report),
-        ]
-    )
-    return {
-        "report": report,
-        "processbench": json.loads((workdir / "processbench.json").read_text()),
-        "bon": json.loads((workdir / "bon.json").read_text()),
-    }
 
 
-def add_demo_command(sub) -> None:
-    p = sub.add_parser(
-        "demo", help="offline end-to-end demo: synthetic data, train a PRM from scratch, evaluate, report"
-    )
-    p.add_argument("--workdir", default="runs/demo")
-    p.add_argument("--max-steps", type=int, default=1500)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=lambda args: _demo(args))
+def pipeline(workdir: Path, max_steps: int = 1500, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """The demo's steps after :func:`prepare`, as (progress line or "", ``fastprm`` argv): train, score,
+    evaluate, report. ``fastprm demo`` runs them one after the other."""
+    w = str(workdir)
+    figures = f"{w}/figures"
+    return [
+        ("[2/5] training a PRM from scratch", [
+            "train", "--model", f"{w}/model.json", "--data", f"{w}/train.jsonl", "--output", f"{w}/prm",
+            "--max-steps", str(max_steps), "--batch-size", "32", "--lr", "1e-3", "--warmup", "0.03",
+            "--lr-scheduler", "constant_with_warmup", "--weight-decay", "0.01", "--packed",
+            "--label-mode", "first_error", "--logging-steps", "50", "--save-steps", "100000", "--seed", str(seed),
+        ]),
+        ("[3/5] scoring held-out solutions", [
+            "score", "--model", f"{w}/prm", "--input", f"{w}/test.jsonl", "--output", f"{w}/scored.jsonl",
+            "--dtype", "fp32",
+        ]),
+        ("[4/5] evaluating", [
+            "eval", "processbench", "--scores", f"{w}/scored.jsonl", "--output", f"{w}/processbench.json",
+            "--plots", figures,
+        ]),
+        ("", ["eval", "bon", "--scores", f"{w}/scored.jsonl", "--output", f"{w}/bon.json", "--plots", figures]),
+        ("[5/5] report", [
+            "report", "--metrics", f"{w}/processbench.json", f"{w}/bon.json", "--output", f"{w}/report.html",
+        ]),
+    ]  # fmt: skip
 
 
-def _demo(args) -> int:
-    result = run(Path(args.workdir), max_steps=args.max_steps, seed=args.seed)
-    pb, bon = result["processbench"], result["bon"]
-    acc = bon["accuracy"]
-    print("\nfastprm demo, held-out problems:")
-    print(f"  step AUROC                 {pb['steps']['auroc']:.3f}")
-    print(
-        f"  ProcessBench-style F1      {pb['average']['f1']:.3f} at threshold {pb['threshold']} (best {pb['best']['f1']:.3f} at {pb['best']['threshold']})"
+def summary(workdir: Path) -> str:
+    """The headline metrics of a finished demo in ``workdir``, and where its report is."""
+    from .report.tables import number
+
+    pb = json.loads((workdir / "processbench.json").read_text())
+    acc = json.loads((workdir / "bon.json").read_text())
+    rules = ", ".join(f"{rule} {number(acc['accuracy'][rule])}" for rule in acc["rules"])
+    return "\n".join(
+        [
+            "\nfastprm demo, held-out problems:",
+            f"  step AUROC                 {number(pb['steps']['auroc'])}",
+            f"  ProcessBench-style F1      {number(pb['average']['f1'])} at threshold {pb['threshold']} "
+            f"(best {number(pb['best']['f1'])} at {pb['best']['threshold']})",
+            f"  best-of-{N_SOLUTIONS} accuracy         {rules}",
+            f"report: {workdir / 'report.html'}",
+        ]
     )
-    print("  best-of-8 accuracy         " + ", ".join(f"{rule} {acc[rule]:.3f}" for rule in bon["rules"]))
-    print(f"report: {result['report']}")
-    return 0

@@ -1,16 +1,30 @@
-"""``fastprm eval processbench|bon`` (metrics of rows scored by ``fastprm score``) and ``fastprm report``."""
+"""``fastprm eval processbench|bon`` (metrics of rows scored by ``fastprm score``) and ``fastprm report``.
+
+The options are defined and checked in :mod:`fastprm.cli`; these handlers read and check the files, compute
+the metrics (:mod:`fastprm.metrics`, whose rule for missing scores they follow: a null step score is never
+correct, a row with no scored step is no ProcessBench prediction) and write them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import numbers
 import sys
 from pathlib import Path
 
-from .io import row_problem_and_steps
+from .io import (
+    AtomicOutput,
+    check_input_file,
+    check_output_file,
+    json_safe,
+    json_text,
+    one_line,
+    row_problem_and_steps,
+)
 from .metrics.answers import answer_key, answers_equal, extract_answer
-from .metrics.best_of_n import AGGREGATES, Problem, best_of_n
+from .metrics.bon import Problem, best_of_n
 from .metrics.processbench import Sample, evaluate_processbench
 from .report.html import write_report
 from .report.tables import metrics_tables, text_table
@@ -20,28 +34,42 @@ EXAMPLE_STEP_CHARS = 300  # step text kept per example solution in the metrics J
 
 def read_scored(path: str) -> tuple[list[tuple[int, dict]], int]:
     """(line number, row) of every scored row of a ``fastprm score`` output, and the number of bad-row
-    records (``{"error": ...}``, written by ``--skip-bad-rows``) skipped."""
+    records (``{"error": ...}``, written by ``--skip-bad-rows``) skipped. Any problem ends the command with
+    one line naming the file and line."""
     rows, skipped = [], 0
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"fastprm eval: {path}:{line_no}: {err}") from None
+                row = json.loads(raw.decode("utf-8"))
+            except ValueError as err:  # not JSON, or not UTF-8
+                raise _fail(f"{path}:{line_no}: {err}") from None
             if isinstance(row, dict) and "error" in row and "scores" not in row:
                 skipped += 1
                 continue
             scores = row.get("scores") if isinstance(row, dict) else None
             if not isinstance(scores, dict) or not isinstance(scores.get("step_scores"), list):
-                raise SystemExit(
-                    f"fastprm eval: {path}:{line_no}: no 'scores' (is this a fastprm score output?)"
-                )
+                raise _fail(f"{path}:{line_no}: no 'scores' (is this a fastprm score output?)")
+            if not all(_is_score(s) for s in scores["step_scores"]):
+                raise _fail(f"{path}:{line_no}: 'step_scores' must hold numbers (or null)")
             rows.append((line_no, row))
     if not rows:
-        raise SystemExit(f"fastprm eval: {path}: no scored rows")
+        raise _fail(f"{path}: no scored rows")
     return rows, skipped
+
+
+def _is_score(value: object) -> bool:
+    return value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool))
+
+
+def _score(value: object) -> float:
+    """A score of the JSON as a float: null (no score) is NaN."""
+    return math.nan if value is None else float(value)
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"fastprm eval: {message}")
 
 
 def subset_of(row_id: object) -> str:
@@ -53,25 +81,25 @@ def subset_of(row_id: object) -> str:
     return "all"
 
 
-def json_ready(value):
-    """``value`` with NaN and infinities replaced by None, as JSON has no such numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
+def _check_files(args: argparse.Namespace) -> None:
+    """The scores file exists, and the outputs can be written without touching it."""
+    try:
+        check_input_file(args.scores, "--scores")
+        if args.output:
+            check_output_file(args.output, "--output", [("--scores", args.scores)])
+        if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+            raise ValueError(f"--plots {args.plots}: not a folder")
+    except ValueError as err:
+        raise _fail(str(err)) from None
 
 
 def _publish(metrics: dict, args: argparse.Namespace) -> None:
     """Prints the tables; writes the JSON (--output) and the figures (--plots)."""
-    metrics = json_ready(metrics)
+    metrics = json_safe(metrics)
     print("\n\n".join(text_table(t) for t in metrics_tables(metrics)))
     if args.output:
-        Path(args.output).write_text(
-            json.dumps(metrics, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        with AtomicOutput(args.output) as out:
+            out.write(json_text(metrics, indent=1) + "\n")
         print(f"metrics -> {args.output}", file=sys.stderr)
     if args.plots:
         plots = _plots()
@@ -87,32 +115,22 @@ def _plots():
     return plots
 
 
-def _eval_processbench(args: argparse.Namespace) -> int:
+def eval_processbench(args: argparse.Namespace) -> int:
+    _check_files(args)
     rows, skipped = read_scored(args.scores)
     samples = []
     for line_no, row in rows:
         label = row.get("label")
         if isinstance(label, bool) or not isinstance(label, int) or label < -1:
-            raise SystemExit(f"fastprm eval: {args.scores}:{line_no}: 'label' must be an integer >= -1")
-        samples.append(Sample(args.subset or subset_of(row.get("id")), label, row["scores"]["step_scores"]))
+            raise _fail(f"{args.scores}:{line_no}: 'label' must be an integer >= -1")
+        step_scores = [_score(s) for s in row["scores"]["step_scores"]]
+        samples.append(Sample(args.subset or subset_of(row.get("id")), label, step_scores))
     metrics = evaluate_processbench(samples, threshold=args.threshold)
-    examples = []
-    for (line_no, row), sample, predicted in list(zip(rows, samples, metrics["predictions"]))[
-        : args.examples
-    ]:
-        try:
-            steps = row_problem_and_steps(row)[1]
-        except ValueError as err:
-            raise SystemExit(f"fastprm eval: {args.scores}:{line_no}: {err}") from None
-        examples.append(
-            {
-                "id": row.get("id", f"line {line_no}"),
-                "label": sample.label,
-                "predicted": predicted,
-                "steps": [s[:EXAMPLE_STEP_CHARS] for s in steps],
-                "step_scores": sample.step_scores,
-            }
-        )
+    examples = [
+        _example(args.scores, line_no, row, sample, predicted)
+        for (line_no, row), sample, predicted in zip(rows, samples, metrics["predictions"])
+        if predicted is not None  # a row with no scored step has nothing to draw
+    ][: args.examples]
     _publish(
         {
             "kind": "processbench",
@@ -126,127 +144,90 @@ def _eval_processbench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _example(path: str, line_no: int, row: dict, sample: Sample, predicted: int) -> dict:
+    """One solution of the metrics JSON, drawn as step-score bars by the report."""
+    try:
+        steps = row_problem_and_steps(row)[1]
+    except ValueError as err:
+        raise _fail(f"{path}:{line_no}: {err}") from None
+    return {
+        "id": row.get("id", f"line {line_no}"),
+        "label": sample.label,
+        "predicted": predicted,
+        "steps": [s[:EXAMPLE_STEP_CHARS] for s in steps],
+        "step_scores": sample.step_scores,
+    }
+
+
 def _solution_text(row: dict) -> str:
     if isinstance(row.get("solution"), str):
         return row["solution"]
     return "\n\n".join(row_problem_and_steps(row)[1])
 
 
-def _eval_bon(args: argparse.Namespace) -> int:
+def eval_bon(args: argparse.Namespace) -> int:
+    _check_files(args)
     rows, skipped = read_scored(args.scores)
     groups: dict[str, list[tuple[int, dict]]] = {}
     for line_no, row in rows:
         if args.group_key not in row:
-            raise SystemExit(f"fastprm eval: {args.scores}:{line_no}: no group key {args.group_key!r}")
+            raise _fail(f"{args.scores}:{line_no}: no group key {args.group_key!r}")
         key = row[args.group_key]
         groups.setdefault(key if isinstance(key, str) else json.dumps(key, sort_keys=True), []).append(
             (line_no, row)
         )
-    problems = []
-    for members in groups.values():
-        answers, correct = [], []
-        for line_no, row in members:
-            try:
-                answer = extract_answer(_solution_text(row))
-            except ValueError as err:
-                raise SystemExit(f"fastprm eval: {args.scores}:{line_no}: {err}") from None
-            answers.append(answer_key(answer))
-            if args.correct_key:
-                if not isinstance(row.get(args.correct_key), bool):
-                    raise SystemExit(
-                        f"fastprm eval: {args.scores}:{line_no}: no boolean {args.correct_key!r}"
-                    )
-                correct.append(row[args.correct_key])
-            elif args.answer_key in row:
-                gold = str(row[args.answer_key])
-                # The gold field may be a whole reference solution (GSM8K's "... #### 18"): take its answer.
-                correct.append(answers_equal(answer, extract_answer(gold) or gold))
-            else:
-                raise SystemExit(
-                    f"fastprm eval: {args.scores}:{line_no}: no gold answer {args.answer_key!r} (or use --correct-key)"
-                )
-        scores = {
-            agg: [math.nan if row["scores"].get(agg) is None else row["scores"][agg] for _, row in members]
-            for agg in args.aggregates
-        }
-        problems.append(Problem(correct, scores, answers))
+    problems = [_problem(args, members) for members in groups.values()]
     metrics = best_of_n(problems, args.aggregates, bases=args.orders, seed=args.seed)
-    _publish({"kind": "best_of_n", "scores_file": args.scores, "skipped_rows": skipped, **metrics}, args)
+    unscored = sum(not row["scores"]["step_scores"] for _, row in rows)
+    _publish(
+        {
+            "kind": "best_of_n",
+            "scores_file": args.scores,
+            "skipped_rows": skipped,
+            "unscored_rows": unscored,
+            **metrics,
+        },
+        args,
+    )
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
+def _problem(args: argparse.Namespace, members: list[tuple[int, dict]]) -> Problem:
+    """The candidates of one problem: their correctness, answers and aggregated scores (null: none)."""
+    answers, correct = [], []
+    for line_no, row in members:
+        where = f"{args.scores}:{line_no}"
+        try:
+            answer = extract_answer(_solution_text(row))
+        except ValueError as err:
+            raise _fail(f"{where}: {err}") from None
+        answers.append(answer_key(answer))
+        if args.correct_key:
+            if not isinstance(row.get(args.correct_key), bool):
+                raise _fail(f"{where}: no boolean {args.correct_key!r}")
+            correct.append(row[args.correct_key])
+        elif args.answer_key in row:
+            gold = str(row[args.answer_key])
+            # The gold field may be a whole reference solution (GSM8K's "... #### 18"): take its answer.
+            correct.append(answers_equal(answer, extract_answer(gold) or gold))
+        else:
+            raise _fail(f"{where}: no gold answer {args.answer_key!r} (or use --correct-key)")
+    scores = {}
+    for agg in args.aggregates:
+        values = [row["scores"].get(agg) for _, row in members]
+        bad = next((line for (line, _), v in zip(members, values) if not _is_score(v)), None)
+        if bad is not None:
+            raise _fail(f"{args.scores}:{bad}: scores[{agg!r}] must be a number or null")
+        scores[agg] = [_score(v) for v in values]
+    return Problem(correct, scores, answers)
+
+
+def report(args: argparse.Namespace) -> int:
     _plots()  # a clear message when matplotlib is missing
     try:
+        check_output_file(args.output, "--output", [("--metrics", m) for m in args.metrics])
         out = write_report(args.metrics, args.output, args.title)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"fastprm report: {err}") from None
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"fastprm report: {one_line(err)}") from None
     print(f"report -> {out}", file=sys.stderr)
     return 0
-
-
-def _aggregates(text: str) -> list[str]:
-    names = [a.strip() for a in text.split(",") if a.strip()]
-    unknown = sorted(set(names) - set(AGGREGATES))
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"aggregates are a comma list of {', '.join(AGGREGATES)}")
-    return names
-
-
-def _add_outputs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", help="write the metrics JSON here (input of fastprm report)")
-    parser.add_argument("--plots", metavar="DIR", help="write the PNG figures into this directory")
-
-
-def add_eval_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``eval`` (``processbench``, ``bon``) and ``report`` to the ``fastprm`` sub-commands."""
-    ev = subparsers.add_parser("eval", help="metrics of rows scored by fastprm score")
-    kinds = ev.add_subparsers(dest="eval_command", required=True)
-
-    pb = kinds.add_parser(
-        "processbench", help="first-error F1 (ProcessBench), threshold sweep, step calibration"
-    )
-    pb.add_argument("--scores", required=True, help="JSONL written by fastprm score from ProcessBench rows")
-    pb.add_argument("--threshold", type=float, default=0.5, help="a step below it is an error (default 0.5)")
-    pb.add_argument(
-        "--subset", default=None, help="subset of every row (default: the id prefix, gsm8k of gsm8k-12)"
-    )
-    pb.add_argument("--examples", type=int, default=4, help="solutions drawn as step-score bars (default 4)")
-    _add_outputs(pb)
-    pb.set_defaults(func=_eval_processbench)
-
-    bon = kinds.add_parser(
-        "bon", help="best-of-N accuracy of PRM selection, weighted and plain majority votes"
-    )
-    bon.add_argument(
-        "--scores", required=True, help="JSONL written by fastprm score, several rows per problem"
-    )
-    bon.add_argument(
-        "--group-key", default="problem", help="rows with equal values are one problem's candidates"
-    )
-    bon.add_argument(
-        "--answer-key", default="answer", help="gold answer field (a bare answer or a solution stating one)"
-    )
-    bon.add_argument(
-        "--correct-key", default=None, help="boolean field of recorded correctness, instead of gold"
-    )
-    bon.add_argument(
-        "--aggregates", type=_aggregates, default=list(AGGREGATES), help="e.g. min,prod (default all)"
-    )
-    bon.add_argument(
-        "--orders",
-        type=int,
-        default=4,
-        help="seeded candidate orders per problem, each in all its cyclic shifts (default 4)",
-    )
-    bon.add_argument("--seed", type=int, default=0)
-    _add_outputs(bon)
-    bon.set_defaults(func=_eval_bon)
-
-    report = subparsers.add_parser("report", help="HTML report (tables and figures) of fastprm eval outputs")
-    report.add_argument(
-        "--metrics", nargs="+", required=True, help="metrics JSON files or directories of them"
-    )
-    report.add_argument("--output", required=True, help="the HTML file to write")
-    report.add_argument("--title", default="fastprm evaluation")
-    report.set_defaults(func=_report)

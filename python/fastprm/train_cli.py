@@ -1,4 +1,9 @@
-"""``fastprm train``: train a PRM from a checkpoint directory or a new-model JSON config."""
+"""``fastprm train``: train a PRM from a checkpoint directory or a new-model JSON config.
+
+The options are defined and checked in :mod:`fastprm.cli`. Everything a user can get wrong (a missing file, a
+bad row, an unknown format or scheduler, a broken checkpoint or model JSON) ends the command with one line
+before training starts.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from .io import check_input_file, one_line
+
+
+def _fail(message: str) -> SystemExit:
+    return SystemExit(f"fastprm train: {message}")
 
 
 def load_model(spec: str, dtype):
@@ -16,10 +27,16 @@ def load_model(spec: str, dtype):
     path = Path(spec)
     if path.is_dir():
         return PRM.from_pretrained(path, dtype=dtype)
-    spec_json = json.loads(path.read_text())
-    convention = CONVENTIONS[spec_json.get("convention", "token-classification")].with_overrides(
-        separator=spec_json.get("separator")
-    )
+    try:
+        spec_json = json.loads(check_input_file(path, "--model").read_bytes().decode("utf-8"))
+    except ValueError as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors too
+        raise ValueError(f"{spec}: not a checkpoint folder or a model JSON file: {err}") from None
+    if not isinstance(spec_json, dict) or not {"backbone", "tokenizer"} <= spec_json.keys():
+        raise ValueError(f"{spec}: a model JSON needs 'backbone' (a config) and 'tokenizer' (a folder)")
+    name = spec_json.get("convention", "token-classification")
+    if name not in CONVENTIONS:
+        raise ValueError(f"{spec}: unknown convention {name!r}; expected one of {', '.join(CONVENTIONS)}")
+    convention = CONVENTIONS[name].with_overrides(separator=spec_json.get("separator"))
     return PRM.from_config(
         spec_json["backbone"], spec_json["tokenizer"], convention, spec_json.get("num_classes"), dtype=dtype
     )
@@ -30,14 +47,15 @@ def add_lora(prm, r: int, alpha: int):
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise SystemExit("fastprm train: --lora-r needs peft (pip install 'fastprm[lora]')") from None
+        raise _fail("--lora-r needs peft (pip install 'fastprm[lora]')") from None
     prm.backbone = get_peft_model(
         prm.backbone, LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear")
     )
     return prm
 
 
-def load_examples(source: str, args):
+def load_examples(source: str, args: argparse.Namespace) -> list:
+    """The step examples of a data file (bad rows and dropped records reported on stderr)."""
     from .data import load_step_examples
 
     result = load_step_examples(
@@ -48,18 +66,30 @@ def load_examples(source: str, args):
     return result.examples
 
 
-def train(args: argparse.Namespace) -> int:
-    import torch
+def check_options(args: argparse.Namespace) -> None:
+    """What argparse cannot check alone: the files exist and the scheduler is one transformers knows."""
+    from transformers import SchedulerType
 
+    check_input_file(args.data, "--data")
+    if args.eval:
+        check_input_file(args.eval, "--eval")
+    if not Path(args.model).exists():
+        raise ValueError(f"--model {args.model}: no such checkpoint folder or model JSON file")
+    if args.resume and not Path(args.resume).is_dir():
+        raise ValueError(f"--resume {args.resume}: no such checkpoint folder")
+    try:
+        SchedulerType(args.lr_scheduler)
+    except ValueError:
+        names = ", ".join(s.value for s in SchedulerType)
+        raise ValueError(f"--lr-scheduler {args.lr_scheduler!r}: expected one of {names}") from None
+
+
+def datasets(args: argparse.Namespace, prm):
+    """(training, evaluation or None) StepDatasets, tokenized for the model's convention; rows whose every
+    step is too long are skipped and reported."""
     from .tokenization import StepTokenizer
-    from .training import PRMTrainer, PRMTrainingArguments, StepDataset
+    from .training import StepDataset
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    prm = load_model(args.model, dtype)
-    if args.lora_r:
-        prm = add_lora(prm, args.lora_r, args.lora_alpha)
-    if args.gradient_checkpointing:
-        prm.activation_checkpointing_enable()
     max_length = args.max_length or getattr(prm.backbone.config, "max_position_embeddings", None)
     step_tokenizer = StepTokenizer(
         prm.tokenizer, prm.convention, max_length=max_length, truncation="drop-steps"
@@ -68,7 +98,15 @@ def train(args: argparse.Namespace) -> int:
     eval_data = StepDataset(load_examples(args.eval, args), step_tokenizer) if args.eval else None
     for row in train_data.skipped:
         print(f"fastprm train: skipped training row {row.source_row}: {row.reason}", file=sys.stderr)
-    training_args = PRMTrainingArguments(
+    if len(train_data) == 0:
+        raise ValueError(f"--data {args.data}: no training row fits in max_length={max_length}")
+    return train_data, eval_data
+
+
+def training_arguments(args: argparse.Namespace, has_eval: bool):
+    from .training import PRMTrainingArguments
+
+    return PRMTrainingArguments(
         output_dir=args.output,
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
@@ -79,7 +117,7 @@ def train(args: argparse.Namespace) -> int:
         packed=args.packed,
         label_mode=args.label_mode,
         pos_weight=args.pos_weight,
-        eval_strategy="steps" if eval_data is not None else "no",
+        eval_strategy="steps" if has_eval else "no",
         eval_steps=args.eval_steps,
         save_steps=args.save_steps,
         logging_steps=args.logging_steps,
@@ -87,11 +125,30 @@ def train(args: argparse.Namespace) -> int:
         lr_scheduler_type=args.lr_scheduler,
         weight_decay=args.weight_decay,
         seed=args.seed,
-        bf16=dtype == torch.bfloat16,
+        bf16=args.dtype == "bfloat16",
         report_to=[],
         # Length grouping only saves padding; packed batches have none, so they draw rows at random.
         train_sampling_strategy="random" if args.packed else "group_by_length",
     )
+
+
+def train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .training import PRMTrainer
+
+    try:
+        check_options(args)
+        prm = load_model(args.model, getattr(torch, args.dtype))
+        train_data, eval_data = datasets(args, prm)
+        training_args = training_arguments(args, eval_data is not None)
+    except (ValueError, OSError, RuntimeError, ImportError) as err:
+        # Bad data (file, row, format), a broken checkpoint or model JSON, a missing optional package.
+        raise _fail(one_line(err)) from None
+    if args.lora_r:
+        prm = add_lora(prm, args.lora_r, args.lora_alpha)
+    if args.gradient_checkpointing:
+        prm.activation_checkpointing_enable()
     trainer = PRMTrainer(prm, training_args, train_dataset=train_data, eval_dataset=eval_data)
     trainer.train(resume_from_checkpoint=args.resume)
     if args.lora_r:
@@ -102,57 +159,3 @@ def train(args: argparse.Namespace) -> int:
         trainer.save_model(args.output)
     print(f"fastprm train: saved the trained PRM to {args.output}", file=sys.stderr)
     return 0
-
-
-def add_train_command(sub) -> None:
-    p = sub.add_parser("train", help="train a PRM on step-labelled data")
-    p.add_argument(
-        "--model", required=True, help="checkpoint directory, or a JSON file describing a new model"
-    )
-    p.add_argument(
-        "--data",
-        required=True,
-        help="training rows: TRL stepwise, ProcessBench, PRM800K or Math-Shepherd (jsonl/json/parquet)",
-    )
-    p.add_argument("--eval", default=None, help="evaluation rows (same formats)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--data-format", default="auto")
-    p.add_argument(
-        "--neutral", default="positive", help="PRM800K neutral (0) ratings: positive, negative or skip"
-    )
-    p.add_argument("--on-bad-row", default="error", choices=["error", "skip"])
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=-1)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument(
-        "--batch-tokens", type=int, default=None, help="token budget per batch instead of a fixed batch size"
-    )
-    p.add_argument(
-        "--packed",
-        action="store_true",
-        help="pack each batch into one varlen sequence (no padding tokens; rows drawn at random, not grouped by length)",
-    )
-    p.add_argument("--label-mode", default="all", choices=["all", "last", "first_error"])
-    p.add_argument("--pos-weight", type=float, default=None)
-    p.add_argument("--max-length", type=int, default=None)
-    p.add_argument("--eval-steps", type=int, default=100)
-    p.add_argument("--save-steps", type=int, default=500)
-    p.add_argument("--logging-steps", type=int, default=10)
-    p.add_argument(
-        "--warmup", type=float, default=0.0, help="warmup steps, or a fraction of all steps if < 1"
-    )
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument(
-        "--lr-scheduler",
-        default="linear",
-        help="transformers scheduler name (linear, cosine, constant_with_warmup, ...)",
-    )
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--lora-r", type=int, default=0, help="train LoRA adapters of this rank (needs peft)")
-    p.add_argument("--lora-alpha", type=int, default=16)
-    p.add_argument("--save-format", default="fastprm", choices=["fastprm", "original"])
-    p.add_argument("--resume", default=None, help="checkpoint directory to resume from")
-    p.set_defaults(func=train)

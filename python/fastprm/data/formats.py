@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ..io import not_utf8
+
 NEUTRAL_POLICIES = ("positive", "negative", "skip")
 AFTER_ERROR_POLICIES = ("negative", "truncate")
 # PRM800K finish reasons of a labeller who stopped without finishing the labelling (README of openai/prm800k).
@@ -39,6 +41,7 @@ class StepExample:
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
             raise ValueError(f"the prompt must be a string, got {type(self.prompt).__name__}")
+        _check_unicode("the prompt", self.prompt)
         if not isinstance(self.steps, list) or not isinstance(self.labels, list):
             raise ValueError("steps and labels must be lists")
         if not self.steps:
@@ -48,9 +51,17 @@ class StepExample:
                 raise ValueError(f"step {i} must be a string, got {type(step).__name__}")
             if not step.strip():
                 raise ValueError(f"step {i} is empty")
+            _check_unicode(f"step {i}", step)
         if len(self.labels) != len(self.steps):
             raise ValueError(f"{len(self.labels)} labels for {len(self.steps)} steps")
         self.labels = [_label(i, x) for i, x in enumerate(self.labels)]
+
+
+def _check_unicode(what: str, text: str) -> None:
+    """A ValueError when ``text`` cannot be encoded as UTF-8: a lone surrogate (e.g. ``"\ud800"``, which
+    JSON escapes allow) that no tokenizer takes."""
+    if not_utf8(text):
+        raise ValueError(f"{what} is not valid Unicode text (a lone surrogate)")
 
 
 def _label(i: int, value: Any) -> float:

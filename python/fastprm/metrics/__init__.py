@@ -1,9 +1,40 @@
-"""Evaluation metrics of PRM scores: ProcessBench, step calibration, best-of-N and answer matching."""
+"""Evaluation metrics of PRM scores: ProcessBench, step calibration, best-of-N and answer matching.
 
-from .answers import answer_key, answers_equal, extract_answer, normalize_answer
-from .best_of_n import AGGREGATES, Problem, aggregate_steps, best_of_n
-from .calibration import auroc, expected_calibration_error, reliability_table
-from .processbench import Sample, evaluate_processbench, predicted_first_error, threshold_sweep
+One rule for missing scores everywhere: **a NaN step is never correct** (a step with no score, NaN or null in
+a ``fastprm score`` output, is one the PRM did not vouch for). A NaN step score ranks below every real score:
+it is below every threshold (the predicted first error is the first step that is NaN or below the
+threshold), it ranks lowest in the step AUROC and it falls in the lowest calibration bin with confidence 0.
+A NaN solution score (aggregate) is never picked by a ``prm-*`` rule and weighs 0 in a weighted vote. A
+solution with no scored step at all (every step dropped by truncation) is no prediction: ProcessBench
+leaves it out and counts it.
+
+The submodules load lazily, so ``AGGREGATES`` (the CLI's choices) imports without numpy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# The solution scores fastprm score reports, and the aggregates best-of-N selects by.
+AGGREGATES = ("min", "prod", "mean", "last")
+
+_LAZY = {
+    "answer_key": "answers",
+    "answers_equal": "answers",
+    "extract_answer": "answers",
+    "normalize_answer": "answers",
+    "Problem": "bon",
+    "aggregate_steps": "bon",
+    "best_of_n": "bon",
+    "auroc": "calibration",
+    "expected_calibration_error": "calibration",
+    "reliability_table": "calibration",
+    "Sample": "processbench",
+    "evaluate_processbench": "processbench",
+    "predicted_first_error": "processbench",
+    "threshold_sweep": "processbench",
+}
 
 __all__ = [
     "AGGREGATES",
@@ -22,3 +53,21 @@ __all__ = [
     "reliability_table",
     "threshold_sweep",
 ]
+
+if TYPE_CHECKING:
+    from .answers import answer_key, answers_equal, extract_answer, normalize_answer
+    from .bon import Problem, aggregate_steps, best_of_n
+    from .calibration import auroc, expected_calibration_error, reliability_table
+    from .processbench import Sample, evaluate_processbench, predicted_first_error, threshold_sweep
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fastprm.metrics' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -8,7 +8,9 @@ Rules, each an expected accuracy (ties share the credit, so nothing is left to c
 * ``random``: a uniformly random candidate (the fraction of correct candidates);
 * ``oracle``: correct when any candidate is.
 
-Vote rules need answers and skip candidates without one. Smaller N are subsampled from a problem's
+Vote rules need answers and skip candidates without one. A candidate whose aggregate is NaN or None (no
+score; see :mod:`fastprm.metrics`) is never picked by a ``prm-*`` rule (when no candidate has a score, none
+is picked: no credit) and weighs 0 in a ``weighted-*`` vote; it still votes in ``majority``. Smaller N are subsampled from a problem's
 candidates in balanced orders: the first N of every cyclic shift of a few seeded permutations, so each
 candidate is drawn equally often; N = 1 then gives exactly ``random`` and N = all gives the full pool.
 """
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-AGGREGATES = ("min", "prod", "mean", "last")
+from . import AGGREGATES
+from .calibration import nan_lowest
 
 
 def aggregate_steps(step_scores: Sequence[float]) -> dict[str, float]:
@@ -38,7 +41,7 @@ class Problem:
 
     Attributes:
         correct: [N] whether each candidate is correct.
-        scores: aggregate name -> [N] aggregated PRM scores (NaN when a candidate has none).
+        scores: aggregate name -> [N] aggregated PRM scores (NaN or None when a candidate has none).
         answers: [N] answer keys (:func:`~fastprm.metrics.answers.answer_key`, None when a candidate
             states none), or None when answers are unknown (vote rules are then skipped).
     """
@@ -104,10 +107,10 @@ def problem_accuracy(problem: Problem, rules: Sequence[str], n: int, bases: int 
         elif kind == "oracle":
             credit = picked.max(axis=1)
         elif kind == "prm":
-            scores = np.nan_to_num(np.asarray(problem.scores[agg], dtype=np.float64), nan=-np.inf)
-            credit = best_credit(scores[orders], picked)
-        else:  # votes: majority counts candidates, weighted sums their scores
-            weights = np.ones(size) if kind == "majority" else np.nan_to_num(np.asarray(problem.scores[agg]))
+            credit = best_credit(nan_lowest(problem.scores[agg])[orders], picked)
+        else:  # votes: majority counts candidates, weighted sums their scores (0 for no score)
+            scores = nan_lowest(problem.scores[agg]) if kind == "weighted" else np.ones(size)
+            weights = np.where(np.isneginf(scores), 0.0, scores)
             credit = _vote_credit(ids[orders], weights[orders], answer_correct, len(keys))
         out[rule] = float(credit.mean())
     return out

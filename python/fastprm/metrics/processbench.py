@@ -3,6 +3,11 @@
 The predicted first error is the first step whose score is below a threshold, -1 when none is. On each
 subset, accuracy is measured separately on the erroneous solutions (prediction == label) and on the
 all-correct ones (prediction == -1); the official metric is their harmonic mean (F1), averaged over subsets.
+
+Missing scores (the rule of :mod:`fastprm.metrics`): a NaN step score is never correct, so it is an error
+at that step at every threshold, and the F1 at a threshold, the threshold sweep and the step metrics agree.
+A solution with no scored step (every step dropped by truncation) is no prediction: it is left out of every
+metric and counted (``unscored_rows``).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import auroc, expected_calibration_error, reliability_table
+from .calibration import auroc, expected_calibration_error, nan_lowest, reliability_table
 
 # ProcessBench's own sweep grid: 0.00, 0.01, ..., 1.00.
 DEFAULT_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(101))
@@ -25,7 +30,8 @@ class Sample:
     Attributes:
         subset: e.g. ``gsm8k``; F1 is computed per subset, then averaged.
         label: 0-based index of the first wrong step, -1 when all steps are correct.
-        step_scores: P(step good) of each scored step (fewer than the steps when truncation dropped some).
+        step_scores: P(step good) of each scored step (fewer than the steps when truncation dropped some;
+            none when it dropped them all); NaN or None for a step with no score.
     """
 
     subset: str
@@ -33,9 +39,13 @@ class Sample:
     step_scores: Sequence[float]
 
 
-def predicted_first_error(step_scores: Sequence[float], threshold: float) -> int:
-    """Index of the first step scoring below ``threshold``, -1 when there is none."""
-    return next((i for i, s in enumerate(step_scores) if s < threshold), -1)
+def predicted_first_error(step_scores: Sequence[float | None], threshold: float) -> int | None:
+    """Index of the first step that is NaN or scores below ``threshold`` (finite), -1 when there is none;
+    None when no step was scored (no prediction)."""
+    if len(step_scores) == 0:
+        return None
+    below = nan_lowest(step_scores) < threshold
+    return int(below.argmax()) if below.any() else -1
 
 
 def harmonic_mean(a: float, b: float) -> float:
@@ -67,9 +77,10 @@ def exact_threshold_interval(step_scores: Sequence[float], label: int) -> tuple[
     """(lo, hi) such that the predicted first error equals ``label`` exactly for thresholds lo < t <= hi.
 
     The label's step must score below t (lo = its score) while every earlier step scores at least t
-    (hi = their minimum); an all-correct solution needs t <= its minimum score. Empty when lo >= hi.
+    (hi = their minimum); an all-correct solution needs t <= its minimum score. Empty when lo >= hi. A NaN
+    step is -inf here: below every threshold.
     """
-    s = np.asarray(step_scores, dtype=np.float64)
+    s = nan_lowest(step_scores)
     if label == -1:
         return -np.inf, float(s.min()) if s.size else np.inf
     if label >= s.size:  # the wrong step was not scored (truncated): never found
@@ -82,12 +93,19 @@ def _mean_defined(values: Sequence[float]) -> float:
     return float(np.mean(defined)) if defined else float("nan")
 
 
+def scored(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples that are predictions: those with at least one scored step."""
+    return [s for s in samples if len(s.step_scores)]
+
+
 def threshold_sweep(samples: Sequence[Sample], thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict:
     """F1 at every threshold: ``{"thresholds": [T], "f1": {subset: [T], ..., "average": [T]}}``.
 
     Each sample is right on an interval of thresholds (:func:`exact_threshold_interval`), so the sweep is
-    one [samples, T] comparison per subset instead of T passes over the steps.
+    one [samples, T] comparison per subset instead of T passes over the steps. Samples with no scored step
+    are left out.
     """
+    samples = scored(samples)
     t = np.asarray(thresholds, dtype=np.float64)
     f1: dict[str, list[float]] = {}
     for subset in sorted({s.subset for s in samples}):
@@ -98,7 +116,7 @@ def threshold_sweep(samples: Sequence[Sample], thresholds: Sequence[float] = DEF
         error_acc = right[erroneous].mean(0) if erroneous.any() else np.full(t.shape, np.nan)
         correct_acc = right[~erroneous].mean(0) if (~erroneous).any() else np.full(t.shape, np.nan)
         f1[subset] = [harmonic_mean(a, b) for a, b in zip(error_acc, correct_acc)]
-    f1["average"] = [_mean_defined(per_t) for per_t in zip(*f1.values())]
+    f1["average"] = [_mean_defined([per_subset[i] for per_subset in f1.values()]) for i in range(t.size)]
     return {"thresholds": t.tolist(), "f1": f1}
 
 
@@ -118,25 +136,27 @@ def evaluate_processbench(
 ) -> dict:
     """Everything ``fastprm eval processbench`` reports.
 
-    Returns ``{"threshold", "predictions": [n], "subsets": {name: subset_scores}, "average": {error_accuracy,
+    Returns ``{"threshold", "predictions": [n] (None for a sample with no scored step), "unscored_rows"
+    (those samples, left out of every metric), "subsets": {name: subset_scores}, "average": {error_accuracy,
     correct_accuracy, f1} (means over subsets), "sweep": threshold_sweep, "best": {"threshold", "f1"}
-    (best average F1, lowest threshold on ties), "steps": {"n", "auroc", "ece", "reliability"}}``; the step
-    metrics use the labelled steps of :func:`step_outcomes`.
+    (best average F1, lowest threshold on ties), "steps": {"n", "n_nan", "auroc", "ece", "reliability"}}``;
+    the step metrics use the labelled steps of :func:`step_outcomes` (``n_nan`` of them have no score).
     """
     predictions = [predicted_first_error(s.step_scores, threshold) for s in samples]
+    kept = scored(samples)
     subsets = {}
-    for subset in sorted({s.subset for s in samples}):
-        idx = [i for i, s in enumerate(samples) if s.subset == subset]
-        subsets[subset] = subset_scores([samples[i].label for i in idx], [predictions[i] for i in idx])
+    for subset in sorted({s.subset for s in kept}):
+        members = [(s, p) for s, p in zip(samples, predictions) if p is not None and s.subset == subset]
+        subsets[subset] = subset_scores([s.label for s, _ in members], [p for _, p in members])
     average = {
         k: _mean_defined([v[k] for v in subsets.values()])
         for k in ("error_accuracy", "correct_accuracy", "f1")
     }
-    sweep = threshold_sweep(samples, thresholds)
+    sweep = threshold_sweep(kept, thresholds)
     avg_f1 = np.asarray(sweep["f1"]["average"])
     best_i = int(np.nanargmax(avg_f1)) if not np.isnan(avg_f1).all() else None
     confidences, outcomes = [], []
-    for s in samples:
+    for s in kept:
         known = step_outcomes(s.label, len(s.step_scores))
         confidences += list(s.step_scores[: len(known)])
         outcomes += known
@@ -144,6 +164,7 @@ def evaluate_processbench(
     return {
         "threshold": threshold,
         "predictions": predictions,
+        "unscored_rows": len(samples) - len(kept),
         "subsets": subsets,
         "average": average,
         "sweep": sweep,
@@ -153,6 +174,7 @@ def evaluate_processbench(
         },
         "steps": {
             "n": len(outcomes),
+            "n_nan": int(np.isneginf(nan_lowest(confidences)).sum()),
             "auroc": auroc(confidences, outcomes),
             "ece": expected_calibration_error(table),
             "reliability": table,

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..io import AtomicOutput
 from .tables import Table, metrics_tables
 
 STYLE = """
@@ -33,7 +34,14 @@ def load_metrics(paths: Sequence[str | Path]) -> list[tuple[Path, dict]]:
             raise FileNotFoundError(f"no such metrics file or directory: {p}")
     if not files:
         raise FileNotFoundError(f"no metrics JSON in {', '.join(map(str, paths))}")
-    return [(f, json.loads(f.read_text(encoding="utf-8"))) for f in files]
+    return [(f, _read_json(f)) for f in files]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as err:  # not UTF-8, or not JSON
+        raise ValueError(f"{path}: not a JSON file: {err}") from None
 
 
 def table_html(table: Table) -> str:
@@ -71,6 +79,7 @@ def render_report(metrics: Sequence[tuple[str | Path, dict]], title: str = "fast
 
 def write_report(paths: Sequence[str | Path], output: str | Path, title: str = "fastprm evaluation") -> Path:
     """Loads the eval outputs at ``paths`` (:func:`load_metrics`) and writes their report to ``output``."""
-    out = Path(output)
-    out.write_text(render_report(load_metrics(paths), title), encoding="utf-8")
-    return out
+    page = render_report(load_metrics(paths), title)
+    with AtomicOutput(output) as out:
+        out.write(page)
+    return Path(output)

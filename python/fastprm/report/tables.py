@@ -39,7 +39,9 @@ def processbench_tables(m: dict) -> list[Table]:
     summary = [
         ["best threshold (average F1)", number(m["best"]["threshold"], 2)],
         ["best average F1", percent(m["best"]["f1"])],
+        ["rows with no scored step (left out)", str(m.get("unscored_rows", "n/a"))],
         ["labelled steps", str(steps["n"])],
+        ["labelled steps with no score (errors)", str(steps.get("n_nan", "n/a"))],
         ["step AUROC", number(steps["auroc"])],
         ["step ECE", number(steps["ece"])],
     ]
@@ -63,9 +65,13 @@ def processbench_tables(m: dict) -> list[Table]:
 def best_of_n_tables(m: dict) -> list[Table]:
     """Accuracy of every rule with all candidates, and against N."""
     curve = m["curve"]
+    unscored = m.get("unscored_rows")
+    counts = f"{m['n_problems']} problems" + (
+        f", {unscored} candidates with no scored step" if unscored else ""
+    )
     return [
         Table(
-            f"Best-of-N accuracy, all candidates ({m['n_problems']} problems, %)",
+            f"Best-of-N accuracy, all candidates ({counts}, %)",
             ["rule", "accuracy"],
             [[rule, percent(m["accuracy"][rule])] for rule in m["rules"]],
         ),
