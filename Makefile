@@ -1,7 +1,8 @@
 # The two commands of the README. Both set up .venv themselves on a fresh machine.
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
-# torch 2.13.0 is the CPU wheel on this machine's disk; users get any torch>=2.5 from pyproject.toml.
+# The dev setup pins torch 2.13.0, the CPU wheel the project's build machines keep on disk (a looser pin would
+# fetch a multi-GB CUDA build); users get any torch>=2.5 from pyproject.toml.
 TORCH   := torch==2.13.0
 STAMP   := .venv/.fastprm-installed
 
