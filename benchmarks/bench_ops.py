@@ -17,7 +17,7 @@ import torch
 from common import markdown_table, time_interleaved, write_results
 from fastprm import _native
 from fastprm.ops import score_steps
-from fastprm.ops.score_steps.naive import find_steps_reference, score_steps_reference
+from fastprm.ops.step_scoring.reference import find_steps_reference, score_steps_reference
 
 SEP = 11
 STEP_EVERY = 40  # about one separator per 40 rows, as in real step-by-step solutions

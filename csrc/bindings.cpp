@@ -1,11 +1,21 @@
-// pybind11 module fastprm._C. Tensors arrive as NumPy views of torch storage (zero-copy; bf16 and fp16 as
-// int16 words plus a dtype code). The Python layer checks dtypes and shapes; this layer re-checks what it
-// dereferences so that a bad call raises instead of reading out of bounds.
+// pybind11 module fastprm._C: the entry points of the CPU kernels.
+//
+// Arguments arrive as torch tensors and are read through their Python attributes (data_ptr, shape, stride,
+// dtype): no libtorch, no copy. Outputs leave as torch tensors over NumPy arrays allocated here
+// (torch.from_numpy shares their memory). On a small call this hand-over is most of the cost, and it is cheaper
+// than NumPy views made in Python. The Python layer checks arguments for the user's sake; this layer re-checks
+// everything it dereferences, so that a bad call raises ValueError instead of reading out of bounds.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "row_ops.h"
 #include "score_steps.h"
@@ -16,6 +26,8 @@ using namespace fastprm;
 namespace {
 
 Isa g_isa = Isa::portable;
+// FASTPRM_NAN_FILL_OUTPUTS=1 (tests): outputs start as NaN / INT64_MIN, so an element a kernel forgets shows.
+bool g_fill_outputs_with_nan = false;
 
 void set_isa(const std::string& name) {
   Isa isa;
@@ -35,138 +47,284 @@ std::vector<std::string> available_isas() {
   return names;
 }
 
-void require(bool ok, const std::string& what) {
-  if (!ok) throw py::value_error(what);
+[[noreturn]] void fail(const std::string& what) { throw py::value_error(what); }
+
+// Element types of the tensors the kernels read; the four float kinds have DType's codes.
+enum class Kind : int { f32 = 0, bf16 = 1, f16 = 2, f64 = 3, i32 = 4, i64 = 5, other = 6 };
+constexpr int kKnownKinds = 6;
+
+// torch objects, looked up once at import. Never freed: calls use them until the interpreter exits, and Python
+// objects must not be destroyed after it has.
+struct Torch {
+  py::object tensor_type, strided, from_numpy;
+  py::object dtypes[kKnownKinds];  // indexed by Kind
+  py::str layout{"layout"}, is_cpu{"is_cpu"}, dtype{"dtype"}, shape{"shape"}, stride{"stride"}, data_ptr{"data_ptr"},
+      view{"view"};
+};
+const Torch* g_torch = nullptr;
+
+// A CPU tensor's memory as the kernels see it; sizes and strides in elements.
+struct TensorArg {
+  char* data;
+  int64_t size[2] = {1, 1};
+  int64_t stride[2] = {1, 1};
+  Kind kind = Kind::other;
+};
+
+TensorArg tensor_arg(py::handle t, const char* name, int ndim) {
+  const Torch& torch = *g_torch;
+  if (!py::isinstance(t, torch.tensor_type)) fail(std::string(name) + " must be a torch.Tensor");
+  if (t.attr(torch.layout).ptr() != torch.strided.ptr()) fail(std::string(name) + " must be a dense (strided) tensor");
+  if (!t.attr(torch.is_cpu).cast<bool>()) fail(std::string(name) + " must be on the CPU");
+  const py::tuple shape = t.attr(torch.shape);
+  if (static_cast<int>(shape.size()) != ndim)
+    fail(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " + std::to_string(shape.size()) + "-D");
+  const py::tuple strides = t.attr(torch.stride)();
+  TensorArg a;
+  for (int d = 0; d < ndim; ++d) {
+    a.size[d] = shape[d].cast<int64_t>();
+    a.stride[d] = strides[d].cast<int64_t>();
+  }
+  const py::object dtype = t.attr(torch.dtype);
+  for (int k = 0; k < kKnownKinds; ++k)
+    if (dtype.is(torch.dtypes[k])) a.kind = static_cast<Kind>(k);
+  a.data = reinterpret_cast<char*>(t.attr(torch.data_ptr)().cast<uintptr_t>());
+  return a;
+}
+
+bool is_float(Kind k) { return k == Kind::f32 || k == Kind::bf16 || k == Kind::f16 || k == Kind::f64; }
+
+Rows float_rows(py::handle t, const char* name) {
+  const TensorArg a = tensor_arg(t, name, 2);
+  if (!is_float(a.kind)) fail(std::string(name) + " must be float32, bfloat16, float16 or float64");
+  return {a.data, a.size[0], a.size[1], a.stride[0], a.stride[1], static_cast<DType>(a.kind)};
+}
+
+// A 1-D int32 / int64 tensor with contiguous elements.
+IntArray int_vector(py::handle t, const char* name) {
+  const TensorArg a = tensor_arg(t, name, 1);
+  if (a.kind != Kind::i32 && a.kind != Kind::i64) fail(std::string(name) + " must be int32 or int64");
+  if (a.size[0] > 1 && a.stride[0] != 1) fail(std::string(name) + " must be contiguous");
+  return {a.data, a.size[0], a.kind == Kind::i64};
+}
+
+const int64_t* int64_vector(py::handle t, const char* name, int64_t* size) {
+  const IntArray a = int_vector(t, name);
+  if (!a.is64) fail(std::string(name) + " must be int64");
+  *size = a.size;
+  return static_cast<const int64_t*>(a.data);
+}
+
+double element(const char* p, DType dt) {
+  switch (dt) {
+    case DType::f32: {
+      float v;
+      std::memcpy(&v, p, sizeof v);
+      return v;
+    }
+    case DType::f64: {
+      double v;
+      std::memcpy(&v, p, sizeof v);
+      return v;
+    }
+    default: {
+      uint16_t v;
+      std::memcpy(&v, p, sizeof v);
+      return dt == DType::bf16 ? bf16_to_float(v) : f16_to_float(v);
+    }
+  }
+}
+
+template <class Acc>
+constexpr DType accumulator_dtype() {
+  return std::is_same<Acc, double>::value ? DType::f64 : DType::f32;
+}
+
+// The head as a contiguous [C, H] matrix of the accumulator type: the weight's own memory when it already is
+// one, else a copy in `storage` (a bf16 head is widened once per call rather than once per step row).
+template <class Acc>
+const Acc* head_matrix(py::handle weight, int64_t H, int* C, std::vector<Acc>& storage) {
+  const Rows w = float_rows(weight, "weight");
+  if (w.h != H || (w.n != 1 && w.n != 2))
+    fail("weight must be [C, H] with C in {1, 2} and H = hidden.shape[1] = " + std::to_string(H) + ", got [" +
+         std::to_string(w.n) + ", " + std::to_string(w.h) + "]");
+  *C = static_cast<int>(w.n);
+  const bool contiguous = (w.stride_h == 1 || H <= 1) && (w.stride_n == H || w.n == 1);
+  if (w.dtype == accumulator_dtype<Acc>() && contiguous) return static_cast<const Acc*>(w.data);
+  storage.resize(w.n * H);
+  const size_t es = element_size(w.dtype);
+  for (int64_t c = 0; c < w.n; ++c) {
+    const char* row = static_cast<const char*>(w.data) + c * w.stride_n * es;
+    Acc* out = storage.data() + c * H;
+    if (std::is_same<Acc, float>::value && w.dtype != DType::f64 && w.stride_h == 1) {
+      row_ops(g_isa, w.dtype).widen(row, H, reinterpret_cast<float*>(out));
+      continue;
+    }
+    for (int64_t h = 0; h < H; ++h) out[h] = static_cast<Acc>(element(row + h * w.stride_h * es, w.dtype));
+  }
+  return storage.data();
+}
+
+// Reads bias [C] into out; false when bias is None.
+template <class Acc>
+bool read_bias(const py::object& bias, int C, Acc* out) {
+  if (bias.is_none()) return false;
+  const TensorArg a = tensor_arg(bias, "bias", 1);
+  if (!is_float(a.kind)) fail("bias must be float32, bfloat16, float16 or float64");
+  if (a.size[0] != C) fail("bias must be [C] = [" + std::to_string(C) + "], got [" + std::to_string(a.size[0]) + "]");
+  const DType dt = static_cast<DType>(a.kind);
+  for (int c = 0; c < C; ++c) out[c] = static_cast<Acc>(element(a.data + c * a.stride[0] * element_size(dt), dt));
+  return true;
 }
 
 template <class T>
-T* mutable_ptr(py::array& a, const char* name, int64_t size) {
-  require(a.writeable(), std::string(name) + " must be writable");
-  require(a.size() == size, std::string(name) + " has " + std::to_string(a.size()) + " elements, expected " +
-                                std::to_string(size));
-  require(a.itemsize() == sizeof(T) && (a.flags() & py::array::c_style), std::string(name) + " must be contiguous");
-  return static_cast<T*>(a.mutable_data());
+py::array_t<T> new_output(std::vector<py::ssize_t> shape) {
+  py::array_t<T> a(shape);
+  if (g_fill_outputs_with_nan) {
+    // uint16 words hold bf16 / fp16 values, and 0xffff is a NaN in both.
+    const T fill = std::is_floating_point<T>::value ? std::numeric_limits<T>::quiet_NaN()
+                   : std::is_signed<T>::value       ? std::numeric_limits<T>::min()
+                                                    : std::numeric_limits<T>::max();
+    std::fill(a.mutable_data(), a.mutable_data() + a.size(), fill);
+  }
+  return a;
 }
 
-template <class T>
-const T* const_ptr(const py::array& a, const char* name, int64_t size) {
-  require(a.size() == size, std::string(name) + " has " + std::to_string(a.size()) + " elements, expected " +
-                                std::to_string(size));
-  require(a.itemsize() == sizeof(T) && (a.flags() & py::array::c_style), std::string(name) + " must be contiguous");
-  return static_cast<const T*>(a.data());
-}
+py::object as_tensor(const py::array& a) { return g_torch->from_numpy(a); }
 
-IntArray int_array(const py::array& a, const char* name) {
-  require(a.ndim() == 1, std::string(name) + " must be 1-D");
-  require(a.dtype().kind() == 'i' && (a.itemsize() == 4 || a.itemsize() == 8),
-          std::string(name) + " must be int32 or int64");
-  require(a.flags() & py::array::c_style, std::string(name) + " must be contiguous");
-  return {a.data(), static_cast<int64_t>(a.size()), a.itemsize() == 8};
-}
-
-Rows rows(const py::array& a, int dtype_code) {
-  require(a.ndim() == 2, "hidden must be 2-D [N, H]");
-  const DType dt = static_cast<DType>(dtype_code);
-  const size_t es = dt == DType::f64 ? 8 : dt == DType::f32 ? 4 : 2;
-  require(static_cast<size_t>(a.itemsize()) == es, "hidden's element size does not match its dtype");
-  require(a.strides(0) % static_cast<py::ssize_t>(es) == 0 && a.strides(1) % static_cast<py::ssize_t>(es) == 0,
-          "hidden's strides must be whole elements");
-  require(a.strides(0) >= 0 && a.strides(1) >= 0, "hidden must not have negative strides");
-  return {a.data(), a.shape(0), a.shape(1), a.strides(0) / static_cast<int64_t>(es),
-          a.strides(1) / static_cast<int64_t>(es), dt};
-}
-
-// Returns (step_index [K], cu_steps [B + 1]) as new int64 arrays: count, prefix-sum, fill, in one call.
-py::tuple find_steps(const py::array& ids, const py::array& cu, const py::array& seps) {
-  const IntArray input_ids = int_array(ids, "input_ids"), cu_seqlens = int_array(cu, "cu_seqlens");
-  const int64_t B = cu_seqlens.size - 1;
-  require(B >= 0, "cu_seqlens must have at least one element (it is [B + 1])");
-  const int64_t* sep = const_ptr<int64_t>(seps, "sep_token_ids", seps.size());
-  py::array_t<int64_t> cu_steps(B + 1);
+// Returns (step_index [K], cu_steps [B + 1]) int64: count, prefix-sum, fill.
+py::tuple find_steps(py::handle input_ids, py::handle cu_seqlens, py::handle sep_token_ids) {
+  const IntArray ids = int_vector(input_ids, "input_ids"), cu = int_vector(cu_seqlens, "cu_seqlens");
+  int64_t n_sep;
+  const int64_t* seps = int64_vector(sep_token_ids, "sep_token_ids", &n_sep);
+  if (cu.size < 1) fail("cu_seqlens must have at least one element (it is [B + 1])");
+  const int64_t B = cu.size - 1;
+  py::array_t<int64_t> cu_steps = new_output<int64_t>({B + 1});
   int64_t* cs = cu_steps.mutable_data();
   std::string err;
   {
     py::gil_scoped_release release;
-    err = count_steps(input_ids, cu_seqlens, sep, seps.size(), cs + 1);
+    err = count_steps(ids, cu, seps, n_sep, cs + 1);
   }
-  require(err.empty(), err);
+  if (!err.empty()) fail(err);
   cs[0] = 0;
   for (int64_t b = 0; b < B; ++b) cs[b + 1] += cs[b];
-  py::array_t<int64_t> step_index(cs[B]);
+  py::array_t<int64_t> step_index = new_output<int64_t>({cs[B]});
   int64_t* out = step_index.mutable_data();
   {
     py::gil_scoped_release release;
-    fill_steps(input_ids, cu_seqlens, sep, seps.size(), cs, out);
+    fill_steps(ids, cu, seps, n_sep, cs, out);
   }
-  return py::make_tuple(step_index, cu_steps);
+  return py::make_tuple(as_tensor(step_index), as_tensor(cu_steps));
 }
 
-void check_steps(const py::array& step_index, const py::array& cu_steps, int64_t n_rows) {
-  const int64_t K = step_index.size(), B = cu_steps.size() - 1;
-  require(B >= 0, "cu_steps must have at least one element (it is [B + 1])");
-  const std::string err = validate_steps(const_ptr<int64_t>(step_index, "step_index", K), K,
-                                         const_ptr<int64_t>(cu_steps, "cu_steps", B + 1), B, n_rows);
-  require(err.empty(), err);
-}
-
-// Outputs arrive as two buffers: floats = [logits K*C | probs K | min B | log_prod B | mean B | last B] and
-// ints = [first_error B | argmin B].
+// The outputs of fastprm::score_steps_forward, in its order.
 template <class Acc>
-void forward(const py::array& hidden, int dtype_code, const py::array& weight, const py::object& bias,
-             const py::array& step_index, const py::array& cu_steps, int positive_class, double threshold,
-             py::array& floats, py::array& ints) {
-  const Rows h = rows(hidden, dtype_code);
-  check_steps(step_index, cu_steps, h.n);
-  const int64_t K = step_index.size(), B = cu_steps.size() - 1;
-  require(weight.ndim() == 2 && weight.shape(1) == h.h && (weight.shape(0) == 1 || weight.shape(0) == 2),
-          "weight must be [C, H] with C in {1, 2} and H = hidden.shape[1]");
-  const int C = static_cast<int>(weight.shape(0));
-  const Acc* w = const_ptr<Acc>(weight, "weight", C * h.h);
-  const Acc* b = bias.is_none() ? nullptr : const_ptr<Acc>(bias.cast<py::array>(), "bias", C);
-  Acc* f = mutable_ptr<Acc>(floats, "float outputs", K * C + K + 4 * B);
-  int64_t* i = mutable_ptr<int64_t>(ints, "int outputs", 2 * B);
-  const ForwardOut<Acc> out{f, f + K * C, f + K * C + K, f + K * C + K + B, f + K * C + K + 2 * B,
-                            f + K * C + K + 3 * B, i, i + B};
-  const int64_t* si = const_ptr<int64_t>(step_index, "step_index", K);
-  const int64_t* cs = const_ptr<int64_t>(cu_steps, "cu_steps", B + 1);
-  py::gil_scoped_release release;
-  score_forward<Acc>(h, w, b, C, si, K, cs, B, positive_class, threshold, g_isa, out);
+py::tuple forward(const Rows& hidden, py::handle weight, const py::object& bias, py::handle step_index,
+                  py::handle cu_steps, int positive_class, double threshold) {
+  if (positive_class != 0 && positive_class != 1) fail("positive_class must be 0 or 1");
+  std::vector<Acc> head_storage;
+  int C;
+  const Acc* w = head_matrix<Acc>(weight, hidden.h, &C, head_storage);
+  Acc b[2];
+  const bool has_bias = read_bias(bias, C, b);
+  int64_t K, n_offsets;
+  const int64_t* si = int64_vector(step_index, "step_index", &K);
+  const int64_t* cs = int64_vector(cu_steps, "cu_steps", &n_offsets);
+  if (n_offsets < 1) fail("cu_steps must have at least one element (it is [B + 1])");
+  const int64_t B = n_offsets - 1;
+  const std::string err = validate_steps(si, K, cs, B, hidden.n);
+  if (!err.empty()) fail(err);
+
+  py::array_t<Acc> logits = new_output<Acc>({K, C}), probs = new_output<Acc>({K});
+  py::array_t<Acc> min = new_output<Acc>({B}), log_prod = new_output<Acc>({B}), prod = new_output<Acc>({B}),
+                   mean = new_output<Acc>({B}), last = new_output<Acc>({B});
+  py::array_t<int64_t> first_error = new_output<int64_t>({B}), num_steps = new_output<int64_t>({B}),
+                       argmin = new_output<int64_t>({B});
+  const ForwardOut<Acc> out{logits.mutable_data(), probs.mutable_data(),       min.mutable_data(),
+                            log_prod.mutable_data(), prod.mutable_data(),      mean.mutable_data(),
+                            last.mutable_data(),   first_error.mutable_data(), num_steps.mutable_data(),
+                            argmin.mutable_data()};
+  {
+    py::gil_scoped_release release;
+    score_forward<Acc>(hidden, w, has_bias ? b : nullptr, C, si, K, cs, B, positive_class, threshold, g_isa, out);
+  }
+  return py::make_tuple(as_tensor(logits), as_tensor(probs), as_tensor(min), as_tensor(log_prod), as_tensor(prod),
+                        as_tensor(mean), as_tensor(last), as_tensor(first_error), as_tensor(num_steps),
+                        as_tensor(argmin));
 }
 
+py::tuple score_forward_op(py::handle hidden, py::handle weight, const py::object& bias, py::handle step_index,
+                           py::handle cu_steps, int positive_class, double threshold) {
+  const Rows h = float_rows(hidden, "hidden");
+  if (h.dtype == DType::f64) return forward<double>(h, weight, bias, step_index, cu_steps, positive_class, threshold);
+  return forward<float>(h, weight, bias, step_index, cu_steps, positive_class, threshold);
+}
+
+// (grad_hidden [N, H] in hidden's dtype, grad_weight [C, H], grad_bias [C]) from grad_step_logits [K, C].
 template <class Acc>
-void backward(const py::array& hidden, int dtype_code, const py::array& weight, const py::array& grad_logits,
-              const py::array& step_index, py::array& grad_hidden, py::array& grad_weight, py::array& grad_bias) {
-  const Rows h = rows(hidden, dtype_code);
-  const int64_t K = step_index.size();
-  require(weight.ndim() == 2 && weight.shape(1) == h.h && (weight.shape(0) == 1 || weight.shape(0) == 2),
-          "weight must be [C, H] with C in {1, 2} and H = hidden.shape[1]");
-  const int C = static_cast<int>(weight.shape(0));
-  const int64_t* si = const_ptr<int64_t>(step_index, "step_index", K);
+py::tuple backward(py::handle grad_step_logits, const Rows& hidden, py::handle weight, py::handle step_index) {
+  std::vector<Acc> head_storage;
+  int C;
+  const Acc* w = head_matrix<Acc>(weight, hidden.h, &C, head_storage);
+  int64_t K;
+  const int64_t* si = int64_vector(step_index, "step_index", &K);
   for (int64_t k = 0; k < K; ++k)
-    require(si[k] >= 0 && si[k] < h.n, "step_index[" + std::to_string(k) + "] is out of range");
-  require(grad_hidden.itemsize() == hidden.itemsize(), "grad_hidden must have hidden's dtype");
-  void* gh = grad_hidden.mutable_data();
-  require(grad_hidden.size() == h.n * h.h && (grad_hidden.flags() & py::array::c_style),
-          "grad_hidden must be a contiguous [N, H] buffer");
-  const Acc* w = const_ptr<Acc>(weight, "weight", C * h.h);
-  const Acc* gl = const_ptr<Acc>(grad_logits, "grad_logits", K * C);
-  Acc* gw = mutable_ptr<Acc>(grad_weight, "grad_weight", C * h.h);
-  Acc* gb = mutable_ptr<Acc>(grad_bias, "grad_bias", C);
-  py::gil_scoped_release release;
-  score_backward<Acc>(h, w, C, gl, si, K, g_isa, gh, gw, gb);
+    if (si[k] < 0 || si[k] >= hidden.n) fail("step_index[" + std::to_string(k) + "] is out of range");
+  const TensorArg g = tensor_arg(grad_step_logits, "grad_step_logits", 2);
+  if (g.kind != static_cast<Kind>(accumulator_dtype<Acc>()) || g.size[0] != K || g.size[1] != C ||
+      (K > 1 && g.stride[0] != C) || (C > 1 && g.stride[1] != 1))
+    fail("grad_step_logits must be a contiguous [K, C] tensor of the accumulator dtype");
+
+  const int64_t N = hidden.n, H = hidden.h;
+  const bool half = hidden.dtype == DType::bf16 || hidden.dtype == DType::f16;
+  py::array grad_hidden = half                          ? py::array(new_output<uint16_t>({N, H}))
+                          : hidden.dtype == DType::f64 ? py::array(new_output<double>({N, H}))
+                                                       : py::array(new_output<float>({N, H}));
+  py::array_t<Acc> grad_weight = new_output<Acc>({C, H}), grad_bias = new_output<Acc>({C});
+  {
+    py::gil_scoped_release release;
+    score_backward<Acc>(hidden, w, C, reinterpret_cast<const Acc*>(g.data), si, K, g_isa,
+                        grad_hidden.mutable_data(), grad_weight.mutable_data(), grad_bias.mutable_data());
+  }
+  py::object grad_hidden_tensor = as_tensor(grad_hidden);
+  if (half)  // 16-bit floats travel as uint16 words: reinterpret them as the hidden dtype
+    grad_hidden_tensor = grad_hidden_tensor.attr(g_torch->view)(g_torch->dtypes[static_cast<int>(hidden.dtype)]);
+  return py::make_tuple(grad_hidden_tensor, as_tensor(grad_weight), as_tensor(grad_bias));
+}
+
+py::tuple score_backward_op(py::handle grad_step_logits, py::handle hidden, py::handle weight,
+                            py::handle step_index) {
+  const Rows h = float_rows(hidden, "hidden");
+  if (h.dtype == DType::f64) return backward<double>(grad_step_logits, h, weight, step_index);
+  return backward<float>(grad_step_logits, h, weight, step_index);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fastprm CPU kernels (no libtorch; NumPy views of torch tensors cross zero-copy)";
+  m.doc() = "fastprm CPU kernels (no libtorch: torch tensors are read through their Python attributes)";
+  const py::module_ torch = py::module_::import("torch");
+  Torch* t = new Torch;
+  t->tensor_type = torch.attr("Tensor");
+  t->strided = torch.attr("strided");
+  t->from_numpy = torch.attr("from_numpy");
+  const char* dtype_names[kKnownKinds] = {"float32", "bfloat16", "float16", "float64", "int32", "int64"};
+  for (int k = 0; k < kKnownKinds; ++k) t->dtypes[k] = torch.attr(dtype_names[k]);
+  g_torch = t;
   g_isa = supported_isas().back();
+
   m.def("available_isas", &available_isas, "ISAs this CPU can run, best last");
   m.def("set_isa", &set_isa, py::arg("name"), "Force the ISA used by every kernel (as FASTPRM_CPU_ISA does)");
   m.def("selected_isa", [] { return std::string(isa_name(g_isa)); });
-  m.def("find_steps", &find_steps, py::arg("input_ids"), py::arg("cu_seqlens"), py::arg("sep_token_ids"));
-  m.def("score_forward_f32", &forward<float>);
-  m.def("score_forward_f64", &forward<double>);
-  m.def("score_backward_f32", &backward<float>);
-  m.def("score_backward_f64", &backward<double>);
+  m.def(
+      "set_fill_outputs_with_nan", [](bool fill) { g_fill_outputs_with_nan = fill; }, py::arg("fill"),
+      "Start every output as NaN / INT64_MIN (tests: an element a kernel forgets to write shows)");
+  m.def("find_steps", &find_steps, py::arg("input_ids"), py::arg("cu_seqlens"), py::arg("sep_token_ids"),
+        "(step_index [K], cu_steps [B + 1]) int64: the separator rows of each sequence");
+  m.def("score_forward", &score_forward_op, py::arg("hidden"), py::arg("weight"), py::arg("bias"),
+        py::arg("step_index"), py::arg("cu_steps"), py::arg("positive_class"), py::arg("threshold"),
+        "The outputs of fastprm::score_steps_forward");
+  m.def("score_backward", &score_backward_op, py::arg("grad_step_logits"), py::arg("hidden"), py::arg("weight"),
+        py::arg("step_index"), "(grad_hidden, grad_weight, grad_bias) of fastprm::score_steps_backward");
 }

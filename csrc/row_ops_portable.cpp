@@ -112,16 +112,26 @@ void accumulate_half(float* acc, int64_t ld, const void* xv, int C, const float*
     for (int64_t h = 0; h < len; ++h) acc[c * ld + h] += g[c] * load(x, h, DT);
 }
 
+void widen_f32(const void* xv, int64_t len, float* out) { std::memcpy(out, xv, len * sizeof(float)); }
+
+template <DType DT>
+void widen_half(const void* xv, int64_t len, float* out) {
+  const uint16_t* x = static_cast<const uint16_t*>(xv);
+  for (int64_t h = 0; h < len; ++h) out[h] = load(x, h, DT);
+}
+
 }  // namespace
 
 RowOps row_ops(DType dtype) {
   switch (dtype) {
     case DType::bf16:
-      return {dot_half<DType::bf16>, combine_store_half<DType::bf16>, accumulate_half<DType::bf16>};
+      return {dot_half<DType::bf16>, combine_store_half<DType::bf16>, accumulate_half<DType::bf16>,
+              widen_half<DType::bf16>};
     case DType::f16:
-      return {dot_half<DType::f16>, combine_store_half<DType::f16>, accumulate_half<DType::f16>};
+      return {dot_half<DType::f16>, combine_store_half<DType::f16>, accumulate_half<DType::f16>,
+              widen_half<DType::f16>};
     default:
-      return {dot_f32, combine_store_f32, accumulate_f32};
+      return {dot_f32, combine_store_f32, accumulate_f32, widen_f32};
   }
 }
 

@@ -14,19 +14,10 @@
 namespace fastprm {
 namespace {
 
-// Below this much work a parallel region costs more than it saves.
-constexpr int64_t kMinParallelElements = 1 << 15;
-
-size_t element_size(DType dt) {
-  switch (dt) {
-    case DType::f64:
-      return 8;
-    case DType::f32:
-      return 4;
-    default:
-      return 2;
-  }
-}
+// Below this many hidden elements a call runs on one thread. Waking the OpenMP team costs microseconds when
+// its threads spin and up to a scheduler time slice when they sleep or the other cores are busy, which is more
+// than the whole work of the small calls a search or a server makes (K <= 64 step rows of H <= 4096).
+constexpr int64_t kMinParallelElements = 1 << 18;
 
 bool is_separator(int64_t id, const int64_t* sep_ids, int64_t n_sep) {
   bool hit = false;
@@ -139,23 +130,29 @@ void step_probability(const Acc* logits, int C, int positive_class, Acc* prob, A
   }
 }
 
+// "" when offsets (B + 1 of them) start at 0, never decrease and end at `total`; else what is wrong, naming
+// the argument as the Python reference does.
+std::string check_offsets(IntArray offsets, int64_t total, const char* name, const char* total_name) {
+  const std::string n = name;
+  if (offsets.size < 1) return n + " must have at least one element (it is [B + 1])";
+  if (offsets[0] != 0) return n + " must start at 0, got " + std::to_string(offsets[0]);
+  const int64_t B = offsets.size - 1;
+  for (int64_t b = 0; b < B; ++b) {
+    if (offsets[b + 1] < offsets[b])
+      return n + " must be non-decreasing, but " + n + "[" + std::to_string(b + 1) + "] = " +
+             std::to_string(offsets[b + 1]) + " < " + n + "[" + std::to_string(b) + "] = " + std::to_string(offsets[b]);
+  }
+  if (offsets[B] != total)
+    return n + " must end at " + total_name + " = " + std::to_string(total) + ", got " + std::to_string(offsets[B]);
+  return "";
+}
+
 }  // namespace
 
 std::string count_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
                         int64_t* counts) {
-  const int64_t B = cu_seqlens.size - 1;
-  const int64_t N = input_ids.size;
-  if (B < 0) return "cu_seqlens must have at least one element (it is [B + 1])";
-  if (cu_seqlens[0] != 0) return "cu_seqlens must start at 0, got " + std::to_string(cu_seqlens[0]);
-  for (int64_t b = 0; b < B; ++b) {
-    if (cu_seqlens[b + 1] < cu_seqlens[b])
-      return "cu_seqlens must be non-decreasing, but cu_seqlens[" + std::to_string(b + 1) +
-             "] = " + std::to_string(cu_seqlens[b + 1]) + " < cu_seqlens[" + std::to_string(b) +
-             "] = " + std::to_string(cu_seqlens[b]);
-  }
-  if (cu_seqlens[B] != N)
-    return "cu_seqlens must end at the number of rows N = " + std::to_string(N) + ", got " +
-           std::to_string(cu_seqlens[B]);
+  const std::string err = check_offsets(cu_seqlens, input_ids.size, "cu_seqlens", "the number of rows N");
+  if (!err.empty()) return err;
   if (input_ids.is64)
     count_in_sequences(static_cast<const int64_t*>(input_ids.data), cu_seqlens, sep_ids, n_sep, counts);
   else
@@ -172,15 +169,8 @@ void fill_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids,
 }
 
 std::string validate_steps(const int64_t* step_index, int64_t K, const int64_t* cu_steps, int64_t B, int64_t N) {
-  if (cu_steps[0] != 0) return "cu_steps must start at 0, got " + std::to_string(cu_steps[0]);
-  for (int64_t b = 0; b < B; ++b) {
-    if (cu_steps[b + 1] < cu_steps[b])
-      return "cu_steps must be non-decreasing, but cu_steps[" + std::to_string(b + 1) +
-             "] = " + std::to_string(cu_steps[b + 1]) + " < cu_steps[" + std::to_string(b) +
-             "] = " + std::to_string(cu_steps[b]);
-  }
-  if (cu_steps[B] != K)
-    return "cu_steps must end at len(step_index) = " + std::to_string(K) + ", got " + std::to_string(cu_steps[B]);
+  const std::string err = check_offsets({cu_steps, B + 1, true}, K, "cu_steps", "len(step_index)");
+  if (!err.empty()) return err;
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t k = cu_steps[b]; k < cu_steps[b + 1]; ++k) {
       const int64_t r = step_index[k];
@@ -220,8 +210,9 @@ void score_forward(const Rows& hidden, const Acc* weight, const Acc* bias, int C
 #pragma omp for schedule(dynamic, 16)
     for (int64_t b = 0; b < B; ++b) {
       const int64_t s = cu_steps[b], e = cu_steps[b + 1];
+      out.num_steps[b] = e - s;
       if (s == e) {
-        out.min[b] = out.log_prod[b] = out.mean[b] = out.last[b] = nan;
+        out.min[b] = out.log_prod[b] = out.prod[b] = out.mean[b] = out.last[b] = nan;
         out.first_error[b] = out.argmin[b] = -1;
         continue;
       }
@@ -235,11 +226,13 @@ void score_forward(const Rows& hidden, const Acc* weight, const Acc* bias, int C
         if (!std::isnan(best) && (std::isnan(p) || p < best)) arg = k;
         sum_log += log_p;
         sum_prob += p;
-        if (first_error < 0 && p < thr) first_error = k - s;
+        // A NaN step is never correct: "not at least the threshold" is an error, and NaN is not.
+        if (first_error < 0 && !(p >= thr)) first_error = k - s;
       }
       out.argmin[b] = arg;
       out.min[b] = out.probs[arg];
       out.log_prod[b] = static_cast<Acc>(sum_log);
+      out.prod[b] = std::exp(out.log_prod[b]);  // exp of the stored log_prod, as the reference defines it
       out.mean[b] = static_cast<Acc>(sum_prob / static_cast<double>(e - s));
       out.last[b] = out.probs[e - 1];
       out.first_error[b] = first_error;
@@ -272,11 +265,19 @@ void score_backward(const Rows& hidden, const Acc* weight, int C, const Acc* gra
   constexpr int64_t kSlice = 256;
   const int64_t n_slices = (H + kSlice - 1) / kSlice;
   std::fill(grad_weight, grad_weight + C * H, Acc(0));
-  const bool parallel = K * H > kMinParallelElements;
+  constexpr int64_t kZeroRows = 64;
+  const int64_t N = hidden.n, n_zero_blocks = (N + kZeroRows - 1) / kZeroRows;
+  const bool parallel = (K + N) * H > kMinParallelElements;
 
 #pragma omp parallel if (parallel)
   {
     std::vector<char> scratch;
+    // Zero the whole gradient first (the barrier after this loop orders it before the step rows' writes).
+#pragma omp for schedule(static)
+    for (int64_t z = 0; z < n_zero_blocks; ++z) {
+      const int64_t r0 = z * kZeroRows, rows = std::min(kZeroRows, N - r0);
+      std::memset(static_cast<char*>(grad_hidden) + r0 * row_bytes, 0, rows * row_bytes);
+    }
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < G; ++g) {
       Acc grad[2] = {0, 0};

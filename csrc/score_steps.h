@@ -39,21 +39,23 @@ void fill_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids,
 // strictly ascending within each sequence. Returns an error message or "".
 std::string validate_steps(const int64_t* step_index, int64_t K, const int64_t* cu_steps, int64_t B, int64_t N);
 
-// Per-step outputs [K] / [K, C] and per-sequence reductions [B]. Acc is float (fp32 / bf16 / fp16 rows) or
+// Per-step outputs [K] / [K, C] and per-sequence outputs [B]. Acc is float (fp32 / bf16 / fp16 rows) or
 // double (fp64 rows, used for gradcheck).
 template <class Acc>
 struct ForwardOut {
-  Acc *logits, *probs, *min, *log_prod, *mean, *last;
-  int64_t *first_error, *argmin;
+  Acc *logits, *probs, *min, *log_prod, *prod, *mean, *last;
+  int64_t *first_error, *num_steps, *argmin;
 };
 
+// Scores the K step rows through the [C, H] head (contiguous weight, bias [C] or null) and reduces them per
+// sequence. Writes every element of `out`; a sequence without steps gets NaN reductions and -1 indices.
 template <class Acc>
 void score_forward(const Rows& hidden, const Acc* weight, const Acc* bias, int C, const int64_t* step_index,
                    int64_t K, const int64_t* cu_steps, int64_t B, int positive_class, double threshold, Isa isa,
                    const ForwardOut<Acc>& out);
 
-// Given d loss / d step logits [K, C], writes d hidden (rows in step_index; the caller zeroes the rest,
-// contiguous, hidden's dtype), d weight [C, H] and d bias [C]. Deterministic: no float atomics, fixed order.
+// Given d loss / d step logits [K, C], writes d hidden (all of the contiguous [N, H] buffer in hidden's dtype:
+// zero outside the step rows), d weight [C, H] and d bias [C]. Deterministic: no float atomics, fixed order.
 template <class Acc>
 void score_backward(const Rows& hidden, const Acc* weight, int C, const Acc* grad_logits, const int64_t* step_index,
                     int64_t K, Isa isa, void* grad_hidden, Acc* grad_weight, Acc* grad_bias);

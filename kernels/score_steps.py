@@ -1,8 +1,10 @@
 """Triton kernels of the fused step-scoring op (the CUDA path) and their Python launchers.
 
 The launchers have the contracts of ``fastprm::find_steps``, ``fastprm::score_steps_forward`` and
-``fastprm::score_steps_backward`` (see ``fastprm/ops/score_steps/naive.py``, the reference). Every result is
-deterministic and batch-invariant: no float atomics, and each sum is taken in a fixed order.
+``fastprm::score_steps_backward`` (the reference, ``fastprm/ops/step_scoring/reference.py``, is the spec) for
+float32 / bfloat16 / float16 hidden states; the caller (``fastprm/ops/step_scoring/cuda.py``) decides what runs
+elsewhere. Every result is deterministic and batch-invariant: no float atomics, and each sum is taken in a
+fixed order. From fastprm this imports only the op's contract, a leaf module.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastprm._native import empty
-from fastprm.ops.score_steps.naive import check_offsets, check_steps, reference_backward, reference_forward
+from fastprm.ops.step_scoring.contract import check_offsets, check_steps, empty
 
 _FIND_BLOCK_ROWS = 1024
 _FIND_BLOCK_SEPS = 16
@@ -27,6 +28,32 @@ _GRAD_WEIGHT_BLOCK_H = 64
 def _block(n: int, cap: int) -> int:
     """Power-of-two block covering ``n`` elements, between 16 and ``cap``."""
     return max(16, min(triton.next_power_of_2(n), cap))
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a contiguous float32 tensor (the head and gradients are read as float32)."""
+    return t.to(torch.float32).contiguous()
+
+
+@triton.jit
+def _load_columns(ptr, steps, mask, C: tl.constexpr):
+    """Columns 0 and 1 at ``steps`` of a [K, C] matrix, 0 off the mask (the second is the first when C = 1)."""
+    first = tl.load(ptr + steps * C, mask=mask, other=0.0)
+    second = first
+    if C == 2:
+        second = tl.load(ptr + steps * C + 1, mask=mask, other=0.0)
+    return first, second
+
+
+@triton.jit
+def _load_step_rows(hidden_ptr, rows, row_mask, cols, col_mask, stride_n, stride_h):
+    """[len(rows), len(cols)] float32 tile of hidden at the given rows and columns (0 off the masks)."""
+    offsets = rows[:, None] * stride_n + cols[None, :].to(tl.int64) * stride_h  # int64: may pass 2**31
+    return tl.load(
+        hidden_ptr + offsets,
+        mask=row_mask[:, None] & col_mask[None, :],
+        other=0.0,
+    ).to(tl.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -80,16 +107,8 @@ def _fill_steps_kernel(
 def find_steps(
     input_ids: torch.Tensor, cu_seqlens: torch.Tensor, sep_token_ids: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows whose id is a separator, grouped by sequence.
-
-    Args:
-        input_ids: [N] int32/int64 token ids of the packed batch.
-        cu_seqlens: [B + 1] int32/int64 sequence offsets (0 .. N, non-decreasing).
-        sep_token_ids: [S] int64 separator ids.
-
-    Returns:
-        step_index [K] int64 (ascending rows) and cu_steps [B + 1] int64.
-    """
+    """``fastprm::find_steps``: input_ids [N], cu_seqlens [B + 1] int32/int64 and sep_token_ids [S] int64 ->
+    step_index [K] (ascending rows) and cu_steps [B + 1], int64."""
     N, device = input_ids.shape[0], input_ids.device
     check_offsets(cu_seqlens, N, "cu_seqlens", "the number of rows N")
     ids = input_ids.contiguous()
@@ -166,17 +185,12 @@ def _step_logits_kernel(
     steps = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     step_mask = steps < K
     rows = tl.load(step_index_ptr + steps, mask=step_mask, other=0)
-    row_ptrs = hidden_ptr + rows[:, None] * stride_n  # int64: row * stride_n may exceed 2**31
     acc0 = tl.zeros([BLOCK_K], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_K], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         cols = h0 + tl.arange(0, BLOCK_H)
         col_mask = cols < H
-        x = tl.load(
-            row_ptrs + cols[None, :].to(tl.int64) * stride_h,
-            mask=step_mask[:, None] & col_mask[None, :],
-            other=0.0,
-        ).to(tl.float32)
+        x = _load_step_rows(hidden_ptr, rows, step_mask, cols, col_mask, stride_n, stride_h)
         w0 = tl.load(weight_ptr + cols, mask=col_mask, other=0.0)
         acc0 += tl.sum(x * w0[None, :], axis=1)
         if C == 2:
@@ -200,9 +214,11 @@ def _reduce_sequences_kernel(
     cu_steps_ptr,
     min_ptr,
     log_prod_ptr,
+    prod_ptr,
     mean_ptr,
     last_ptr,
     first_error_ptr,
+    num_steps_ptr,
     argmin_ptr,
     threshold,
     C: tl.constexpr,
@@ -223,10 +239,7 @@ def _reduce_sequences_kernel(
     for k0 in range(start, end, BLOCK):
         steps = k0 + tl.arange(0, BLOCK)
         mask = steps < end
-        first = tl.load(logits_ptr + steps * C, mask=mask, other=0.0)
-        second = first
-        if C == 2:
-            second = tl.load(logits_ptr + steps * C + 1, mask=mask, other=0.0)
+        first, second = _load_columns(logits_ptr, steps, mask, C)
         prob, log_prob = _probability(first, second, C, POSITIVE_CLASS)
         sum_log += tl.sum(tl.where(mask, log_prob, 0.0), axis=0)
         sum_prob += tl.sum(tl.where(mask, prob, 0.0), axis=0)
@@ -236,7 +249,8 @@ def _reduce_sequences_kernel(
         block_arg = tl.min(tl.where(key == block_min, steps, end), axis=0)
         best = tl.where(block_min < best_key, block_arg, best)  # strict: earlier blocks win ties
         best_key = tl.minimum(best_key, block_min)
-        errors = tl.where(mask & (prob < threshold), steps - start, n)
+        # A NaN step is never correct: it is an error whatever the threshold.
+        errors = tl.where(mask & ((prob < threshold) | (prob != prob)), steps - start, n)
         first_error = tl.minimum(first_error, tl.min(errors, axis=0))
 
     has_steps = n > 0
@@ -244,9 +258,12 @@ def _reduce_sequences_kernel(
     tl.store(argmin_ptr + b, tl.where(has_steps, best, -1))
     tl.store(min_ptr + b, tl.load(probs_ptr + best, mask=has_steps, other=nan))
     tl.store(last_ptr + b, tl.load(probs_ptr + end - 1, mask=has_steps, other=nan))
-    tl.store(log_prod_ptr + b, tl.where(has_steps, sum_log, nan))
+    log_prod = tl.where(has_steps, sum_log, nan)
+    tl.store(log_prod_ptr + b, log_prod)
+    tl.store(prod_ptr + b, tl.exp(log_prod))
     tl.store(mean_ptr + b, tl.where(has_steps, sum_prob / tl.maximum(n, 1).to(tl.float32), nan))
     tl.store(first_error_ptr + b, tl.where(first_error == n, -1, first_error))
+    tl.store(num_steps_ptr + b, n)
 
 
 def forward(
@@ -258,37 +275,35 @@ def forward(
     positive_class: int,
     threshold: float,
 ) -> tuple[torch.Tensor, ...]:
-    """Scores the step rows of a packed batch and reduces them per sequence.
+    """``fastprm::score_steps_forward``: scores the step rows and reduces them per sequence.
 
     Args:
-        hidden: [N, H] float32/bfloat16/float16, any strides (float64 falls back to the reference).
+        hidden: [N, H] float32/bfloat16/float16, any strides.
         weight: [C, H] head, C in {1, 2}; bias: [C] or None (any float dtype, used as float32).
         step_index: [K] int64 rows of the steps, ascending within each sequence.
         cu_steps: [B + 1] int64 offsets of each sequence's steps.
-        positive_class: 0 or 1; threshold: ``first_error`` is the first step with probability below it.
+        positive_class: 0 or 1; threshold: ``first_error`` is the first step whose probability is below it or
+            NaN.
 
     Returns:
-        step_logits [K, C], step_probs [K], min, log_prod, mean, last [B] float32, and first_error, argmin
-        [B] int64 (argmin: global step index of the min, -1 for a sequence without steps).
+        step_logits [K, C], step_probs [K], min, log_prod, prod, mean, last [B] float32, and first_error,
+        num_steps, argmin [B] int64 (argmin: global step index of the min, -1 for a sequence without steps).
     """
     check_steps(step_index, cu_steps, hidden.shape[0])
-    if hidden.dtype == torch.float64:
-        # float64 only serves gradcheck: the reference computes it exactly in float64.
-        return reference_forward(hidden, weight, bias, step_index, cu_steps, positive_class, threshold)
     device = hidden.device
     K, B = step_index.shape[0], cu_steps.shape[0] - 1
     C, H = weight.shape
     step_index, cu_steps = step_index.contiguous(), cu_steps.contiguous()
     logits = empty(K, C, dtype=torch.float32, device=device)
     probs = empty(K, dtype=torch.float32, device=device)
-    min_, log_prod, mean, last = (empty(B, dtype=torch.float32, device=device) for _ in range(4))
-    first_error, argmin = (empty(B, dtype=torch.int64, device=device) for _ in range(2))
+    min_, log_prod, prod, mean, last = (empty(B, dtype=torch.float32, device=device) for _ in range(5))
+    first_error, num_steps, argmin = (empty(B, dtype=torch.int64, device=device) for _ in range(3))
 
     if K:
         _step_logits_kernel[(triton.cdiv(K, _FORWARD_BLOCK_STEPS),)](
             hidden,
-            weight.to(torch.float32).contiguous(),
-            None if bias is None else bias.to(torch.float32).contiguous(),
+            _float32(weight),
+            None if bias is None else _float32(bias),
             step_index,
             logits,
             probs,
@@ -308,16 +323,18 @@ def forward(
             cu_steps,
             min_,
             log_prod,
+            prod,
             mean,
             last,
             first_error,
+            num_steps,
             argmin,
             threshold,
             C=C,
             POSITIVE_CLASS=positive_class,
             BLOCK=_REDUCE_BLOCK_STEPS,
         )
-    return logits, probs, min_, log_prod, mean, last, first_error, argmin
+    return logits, probs, min_, log_prod, prod, mean, last, first_error, num_steps, argmin
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,22 +394,16 @@ def _grad_weight_kernel(
     # Each program owns BLOCK_H columns and walks all steps in order: deterministic without atomics.
     cols = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_mask = cols < H
-    col_offsets = cols.to(tl.int64) * stride_h
     acc0 = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_H], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         steps = k0 + tl.arange(0, BLOCK_K)
         step_mask = steps < K
         rows = tl.load(step_index_ptr + steps, mask=step_mask, other=0)
-        x = tl.load(
-            hidden_ptr + rows[:, None] * stride_n + col_offsets[None, :],
-            mask=step_mask[:, None] & col_mask[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        g0 = tl.load(grad_logits_ptr + steps * C, mask=step_mask, other=0.0)
+        x = _load_step_rows(hidden_ptr, rows, step_mask, cols, col_mask, stride_n, stride_h)
+        g0, g1 = _load_columns(grad_logits_ptr, steps, step_mask, C)
         acc0 += tl.sum(x * g0[:, None], axis=0)
         if C == 2:
-            g1 = tl.load(grad_logits_ptr + steps * C + 1, mask=step_mask, other=0.0)
             acc1 += tl.sum(x * g1[:, None], axis=0)
     tl.store(grad_weight_ptr + cols, acc0, mask=col_mask)
     if C == 2:
@@ -402,23 +413,21 @@ def _grad_weight_kernel(
 def backward(
     grad_step_logits: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, step_index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Projects d loss / d step logits back to hidden, weight and bias.
+    """``fastprm::score_steps_backward``: projects d loss / d step logits back to hidden, weight and bias.
 
     Args:
         grad_step_logits: [K, C] float32.
-        hidden: [N, H] float32/bfloat16/float16, any strides (float64 falls back to the reference).
+        hidden: [N, H] float32/bfloat16/float16, any strides.
         weight: [C, H]; step_index: [K] int64 (a row may appear several times, e.g. across sequences).
 
     Returns:
         grad_hidden [N, H] in hidden's dtype, contiguous, zero outside the step rows (a row hit by several
         steps gets the sum of their gradients); grad_weight [C, H] and grad_bias [C] float32.
     """
-    if hidden.dtype == torch.float64:
-        return reference_backward(grad_step_logits, hidden, weight, step_index)
     device = hidden.device
     K = step_index.shape[0]
     C, H = weight.shape
-    grad = grad_step_logits.to(torch.float32).contiguous()
+    grad = _float32(grad_step_logits)
     step_index = step_index.contiguous()
     grad_hidden = torch.zeros(hidden.shape, dtype=hidden.dtype, device=device)
     grad_weight = empty(C, H, dtype=torch.float32, device=device)
@@ -431,7 +440,7 @@ def backward(
         torch.cumsum(counts, 0, out=group_start[1:])
         _grad_hidden_kernel[(counts.shape[0],)](
             grad,
-            weight.to(torch.float32).contiguous(),
+            _float32(weight),
             step_index,
             order,
             group_start,

@@ -95,5 +95,6 @@ def test_forced_isa_env_var_is_checked(tmp_path):
     import sys
 
     env = {"FASTPRM_CPU_ISA": "sse9", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.run([sys.executable, "-c", "import fastprm"], env=env, capture_output=True, text=True)
+    code = "from fastprm.ops import score_steps"  # the first use of the op loads the extension
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "FASTPRM_CPU_ISA" in proc.stderr

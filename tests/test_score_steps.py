@@ -9,7 +9,7 @@ import torch
 
 from batches import SEP, edge_case_rows, packed_ids, random_rows
 from fastprm.ops import find_steps, score_steps, score_steps_reference
-from fastprm.ops.score_steps.naive import find_steps_reference
+from fastprm.ops.step_scoring.reference import find_steps_reference
 
 OUTPUTS = ("step_logits", "step_probs", "min", "prod", "log_prod", "mean", "last")
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.bfloat16: 1e-4, torch.float16: 1e-4}

@@ -10,10 +10,11 @@ import os
 import warnings
 from types import ModuleType
 
-import torch
+import torch  # noqa: F401  (the extension looks up torch's types when it loads)
+
+from .ops.step_scoring.contract import fill_outputs_with_nan
 
 ISA_ENV = "FASTPRM_CPU_ISA"
-NAN_FILL_ENV = "FASTPRM_NAN_FILL_OUTPUTS"
 
 
 def _load() -> ModuleType | None:
@@ -33,22 +34,13 @@ def _load() -> ModuleType | None:
             _C.set_isa(forced)
         except ValueError as err:
             raise ValueError(f"{ISA_ENV}={forced!r}: {err}") from None
+    _C.set_fill_outputs_with_nan(fill_outputs_with_nan)
     return _C
 
 
 native: ModuleType | None = _load()
-_nan_fill = os.environ.get(NAN_FILL_ENV) == "1"
 
 
 def available_isas() -> list[str]:
     """CPU code paths of the C++ extension that this machine can run, best last."""
     return native.available_isas() if native else []
-
-
-def empty(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """``torch.empty`` for kernel outputs; NaN/garbage-filled when FASTPRM_NAN_FILL_OUTPUTS=1 so that tests
-    catch any element a kernel forgets to write."""
-    out = torch.empty(*shape, dtype=dtype, device=device)
-    if _nan_fill:
-        out.fill_(float("nan") if out.is_floating_point() else torch.iinfo(dtype).min)
-    return out

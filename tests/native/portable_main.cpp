@@ -16,10 +16,12 @@ int main() {
   std::vector<int64_t> si(cs[3]);
   fill_steps(idsa, cua, seps.data(), 1, cs.data(), si.data());
   const int64_t K = cs[3], B = 3;
-  std::vector<float> f(K * C + K + 4 * B);
-  std::vector<int64_t> in(2 * B);
-  ForwardOut<float> out{f.data(), f.data() + K * C, f.data() + K * C + K, f.data() + K * C + K + B,
-                        f.data() + K * C + K + 2 * B, f.data() + K * C + K + 3 * B, in.data(), in.data() + B};
+  std::vector<float> f(K * C + K + 5 * B);
+  std::vector<int64_t> in(3 * B);
+  float* per_sequence = f.data() + K * C + K;
+  ForwardOut<float> out{f.data(),         f.data() + K * C,     per_sequence,         per_sequence + B,
+                        per_sequence + 2 * B, per_sequence + 3 * B, per_sequence + 4 * B, in.data(),
+                        in.data() + B,    in.data() + 2 * B};
   Rows rows{hidden.data(), N, H, H, 1, DType::f32};
   score_forward<float>(rows, w.data(), bias.data(), C, si.data(), K, cs.data(), B, 1, 0.5, Isa::portable, out);
   for (float v : f) std::printf("%.6f ", v);

@@ -6,7 +6,9 @@ Written for clarity with plain differentiable tensor ops; every fast path must m
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from .contract import accumulator_dtype, check_offsets, check_steps
 from .result import StepScores
 
 
@@ -31,61 +33,67 @@ def find_steps_reference(
     return step_index, cu_steps
 
 
-def check_offsets(offsets: torch.Tensor, total: int, name: str, total_name: str) -> None:
-    """Raises ValueError unless ``offsets`` starts at 0, never decreases and ends at ``total``."""
-    if offsets.numel() == 0:
-        raise ValueError(f"{name} must have at least one element (it is [B + 1])")
-    if int(offsets[0]) != 0:
-        raise ValueError(f"{name} must start at 0, got {int(offsets[0])}")
-    drops = torch.nonzero(offsets[1:] < offsets[:-1]).flatten()
-    if drops.numel():
-        b = int(drops[0]) + 1
-        raise ValueError(
-            f"{name} must be non-decreasing, but {name}[{b}] = {int(offsets[b])} < {name}[{b - 1}] = "
-            f"{int(offsets[b - 1])}"
-        )
-    if int(offsets[-1]) != total:
-        raise ValueError(f"{name} must end at {total_name} = {total}, got {int(offsets[-1])}")
-
-
-def check_steps(step_index: torch.Tensor, cu_steps: torch.Tensor, n_rows: int) -> None:
-    """Raises ValueError unless step_index/cu_steps describe ascending in-range steps per sequence."""
-    check_offsets(cu_steps, step_index.shape[0], "cu_steps", "len(step_index)")
-    bad = torch.nonzero((step_index < 0) | (step_index >= n_rows)).flatten()
-    if bad.numel():
-        k = int(bad[0])
-        raise ValueError(
-            f"step_index[{k}] = {int(step_index[k])} is out of range for hidden with {n_rows} rows"
-        )
-    # A step may not precede the one before it, except at the first step of a sequence.
-    K = step_index.shape[0]
-    starts = cu_steps[:-1][cu_steps[:-1] < K]
-    first_of_sequence = torch.zeros(K, dtype=torch.bool, device=step_index.device)
-    first_of_sequence[starts] = True
-    not_ascending = torch.ones(K, dtype=torch.bool, device=step_index.device)
-    not_ascending[1:] = step_index[1:] <= step_index[:-1]
-    bad = torch.nonzero(not_ascending & ~first_of_sequence).flatten()
-    if bad.numel():
-        k = int(bad[0])
-        seq = int(torch.searchsorted(cu_steps, torch.tensor(k, device=cu_steps.device), right=True)) - 1
-        raise ValueError(
-            f"step_index must be strictly ascending within each sequence, but sequence {seq} has "
-            f"step_index[{k}] = {int(step_index[k])} after {int(step_index[k - 1])}"
-        )
-
-
 def step_probabilities(step_logits: torch.Tensor, positive_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """P(step good) and its log from [K, C] logits: sigmoid for C = 1, softmax for C = 2.
+    """P(step good) and its log from [K, C] logits: the sigmoid of the positive class's margin z.
 
-    For C = 1, ``positive_class=1`` reads the logit as the good class and ``0`` as the bad class.
+    C = 1: z is the logit (``positive_class=1``) or its negation (``0``). C = 2: z = logit[positive_class] -
+    logit[other class], whose sigmoid is the softmax probability of the positive class. Written with the margin
+    so that a logit that overflowed to +-inf still gives P = 1 or 0 (log P = 0 or -inf), where softmax and
+    log_softmax would subtract inf from inf and give NaN; the kernels compute the same margin.
     """
     if step_logits.shape[1] == 1:
         z = step_logits[:, 0] if positive_class == 1 else -step_logits[:, 0]
-        return torch.sigmoid(z), torch.nn.functional.logsigmoid(z)
-    return (
-        torch.softmax(step_logits, dim=-1)[:, positive_class],
-        torch.log_softmax(step_logits, dim=-1)[:, positive_class],
-    )
+    else:
+        z = step_logits[:, positive_class] - step_logits[:, 1 - positive_class]
+    return torch.sigmoid(z), F.logsigmoid(z)
+
+
+def reduce_steps(
+    probs: torch.Tensor, log_probs: torch.Tensor, cu_steps: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, ...]:
+    """Per-sequence reductions of step probabilities.
+
+    Args:
+        probs: [K] P(step good); log_probs: [K] its log (exact where probs underflows).
+        cu_steps: [B + 1] int64 offsets of each sequence's steps.
+        threshold: ``first_error`` is the first step whose probability is not at least ``threshold``.
+
+    Returns:
+        min, log_prod, prod, mean, last [B] in probs' dtype (NaN for a sequence without steps), then
+        first_error, num_steps, argmin [B] int64: the forward op's outputs after step_logits and step_probs.
+        min is the first NaN step if any, else the first of tied minima, and argmin is its global step index
+        (-1 without steps); the gradient of min goes to that step only. A NaN step is never correct: it is an
+        error for ``first_error`` (-1 when no step is an error).
+    """
+    K, B = probs.shape[0], cu_steps.shape[0] - 1
+    device, dtype = probs.device, probs.dtype
+    num_steps = cu_steps[1:] - cu_steps[:-1]
+    seq = torch.repeat_interleave(torch.arange(B, device=device), num_steps, output_size=K)
+    empty = num_steps == 0
+    nan = torch.full((B,), float("nan"), dtype=dtype, device=device)
+
+    sum_log = torch.zeros(B, dtype=dtype, device=device).index_add(0, seq, log_probs)
+    sum_prob = torch.zeros(B, dtype=dtype, device=device).index_add(0, seq, probs)
+    log_prod = torch.where(empty, nan, sum_log)
+    mean = torch.where(empty, nan, sum_prob / num_steps.clamp(min=1))
+
+    key = torch.where(torch.isnan(probs), torch.full_like(probs, -1.0), probs).detach()
+    seq_min = torch.full((B,), 2.0, dtype=dtype, device=device).scatter_reduce(0, seq, key, "amin")
+    step_ids = torch.arange(K, device=device)
+    candidates = torch.where(key == seq_min[seq], step_ids, K)
+    argmin = torch.full((B,), K, device=device).scatter_reduce(0, seq, candidates, "amin")
+    argmin = torch.where(empty, -1, argmin)
+
+    # "probs >= threshold" is False for NaN, so a NaN step counts as an error.
+    errors = torch.where(probs >= threshold, K, step_ids - cu_steps[:-1][seq])
+    first_error = torch.full((B,), K, device=device).scatter_reduce(0, seq, errors, "amin")
+    first_error = torch.where(first_error == K, -1, first_error)
+
+    # Index K of probs_or_nan stands for "no step": empty sequences read NaN there.
+    probs_or_nan = torch.cat([probs, nan[:1]])
+    min_ = probs_or_nan[torch.where(empty, K, argmin)]
+    last = probs_or_nan[torch.where(empty, K, cu_steps[1:] - 1)]
+    return min_, log_prod, torch.exp(log_prod), mean, last, first_error, num_steps, argmin
 
 
 def reference_forward(
@@ -97,55 +105,15 @@ def reference_forward(
     positive_class: int,
     threshold: float,
 ) -> tuple[torch.Tensor, ...]:
-    """The forward op's outputs, in the order of ``fastprm::score_steps_forward``.
-
-    Returns step_logits [K, C], step_probs [K], min, log_prod, mean, last [B] (float32, or float64 for float64
-    hidden) and first_error, argmin [B] int64 (argmin is the global step index of ``min``, -1 when no step).
-    """
-    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    device = hidden.device
-    K, B = step_index.shape[0], cu_steps.shape[0] - 1
-    num_steps = cu_steps[1:] - cu_steps[:-1]
-    seq = torch.repeat_interleave(torch.arange(B, device=device), num_steps, output_size=K)
-    empty = num_steps == 0
-    nan = torch.full((B,), float("nan"), dtype=compute, device=device)
-
+    """The forward op's outputs, in the order of ``fastprm::score_steps_forward``: step_logits [K, C],
+    step_probs [K], then :func:`reduce_steps`'s. Floats are float32 (float64 for float64 hidden); no two
+    outputs share memory (a registered op's outputs may not alias)."""
+    compute = accumulator_dtype(hidden.dtype)
     logits = hidden[step_index].to(compute) @ weight.to(compute).T
     if bias is not None:
         logits = logits + bias.to(compute)
     probs, log_probs = step_probabilities(logits, positive_class)
-
-    log_prod = torch.zeros(B, dtype=compute, device=device).index_add(0, seq, log_probs)
-    mean = torch.zeros(B, dtype=compute, device=device).index_add(0, seq, probs) / num_steps.clamp(min=1)
-
-    # min: the first NaN step if any, else the first of tied minima; the gradient goes to that step only.
-    key = torch.where(torch.isnan(probs), torch.full_like(probs, -1.0), probs).detach()
-    seq_min = torch.full((B,), 2.0, dtype=compute, device=device).scatter_reduce(0, seq, key, "amin")
-    step_ids = torch.arange(K, device=device)
-    candidates = torch.where(key == seq_min[seq], step_ids, K)
-    argmin = torch.full((B,), K, device=device).scatter_reduce(0, seq, candidates, "amin")
-    argmin = torch.where(empty, -1, argmin)
-
-    local = step_ids - cu_steps[:-1][seq]
-    errors = torch.where(probs < threshold, local, K)
-    first_error = torch.full((B,), K, device=device).scatter_reduce(0, seq, errors, "amin")
-    first_error = torch.where(first_error == K, -1, first_error)
-
-    if K:
-        min_ = torch.where(empty, nan, probs[argmin.clamp(min=0)])
-        last = torch.where(empty, nan, probs[(cu_steps[1:] - 1).clamp(min=0)])
-    else:
-        min_, last = nan, nan
-    return (
-        logits,
-        probs,
-        min_,
-        torch.where(empty, nan, log_prod),
-        torch.where(empty, nan, mean),
-        last,
-        first_error,
-        argmin,
-    )
+    return (logits, probs, *reduce_steps(probs, log_probs, cu_steps, threshold))
 
 
 def reference_backward(

@@ -1,14 +1,18 @@
-"""Operator schemas of the step-scoring op, their fake (meta) implementations and autograd.
+"""Operator schemas of the step-scoring op, their fake (meta) implementations, autograd, and the routes into
+the per-device backends.
 
-Device kernels live in per-device backends (``cpu.py``, ``cuda.py``) and register themselves against these
-schemas, so the public function, torch.compile and autograd see one op whatever the device.
+The ops are defined here and the backends' kernels registered against them, so torch.compile, autograd and
+every device see one op. Eager CPU calls skip the dispatcher (which costs more than the kernel on a small
+call) and go straight to the C++ backend, through :class:`EagerCPUForward` only when a gradient is needed.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .grad import step_logit_grad
+from . import cpu, cuda
+from .contract import accumulator_dtype
+from .grad import OutputGrads, step_logit_grad
 
 torch.library.define(
     "fastprm::find_steps",
@@ -17,19 +21,21 @@ torch.library.define(
 torch.library.define(
     "fastprm::score_steps_forward",
     "(Tensor hidden, Tensor weight, Tensor? bias, Tensor step_index, Tensor cu_steps, int positive_class, "
-    "float threshold) -> (Tensor step_logits, Tensor step_probs, Tensor min, Tensor log_prod, Tensor mean, "
-    "Tensor last, Tensor first_error, Tensor argmin)",
+    "float threshold) -> (Tensor step_logits, Tensor step_probs, Tensor min, Tensor log_prod, Tensor prod, "
+    "Tensor mean, Tensor last, Tensor first_error, Tensor num_steps, Tensor argmin)",
 )
 torch.library.define(
     "fastprm::score_steps_backward",
     "(Tensor grad_step_logits, Tensor hidden, Tensor weight, Tensor step_index) "
     "-> (Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)",
 )
+# Outputs of score_steps_forward without a gradient: first_error, num_steps, argmin.
+_INTEGER_OUTPUTS = slice(7, 10)
 
-
-def accumulator_dtype(hidden_dtype: torch.dtype) -> torch.dtype:
-    """Outputs and accumulation are float32, except that float64 inputs stay float64."""
-    return torch.float64 if hidden_dtype == torch.float64 else torch.float32
+for _device, _backend in (("cpu", cpu), ("cuda", cuda)):
+    torch.library.register_kernel("fastprm::find_steps", _device, _backend.find_steps)
+    torch.library.register_kernel("fastprm::score_steps_forward", _device, _backend.score_steps_forward)
+    torch.library.register_kernel("fastprm::score_steps_backward", _device, _backend.score_steps_backward)
 
 
 @torch.library.register_fake("fastprm::find_steps")
@@ -45,13 +51,11 @@ def _find_steps_fake(input_ids, cu_seqlens, sep_token_ids):
 def _forward_fake(hidden, weight, bias, step_index, cu_steps, positive_class, threshold):
     K, B, C = step_index.shape[0], cu_steps.shape[0] - 1, weight.shape[0]
     acc = accumulator_dtype(hidden.dtype)
-    per_seq = [hidden.new_empty(B, dtype=acc) for _ in range(4)]
     return (
         hidden.new_empty(K, C, dtype=acc),
         hidden.new_empty(K, dtype=acc),
-        *per_seq,
-        hidden.new_empty(B, dtype=torch.int64),
-        hidden.new_empty(B, dtype=torch.int64),
+        *(hidden.new_empty(B, dtype=acc) for _ in range(5)),
+        *(hidden.new_empty(B, dtype=torch.int64) for _ in range(3)),
     )
 
 
@@ -65,28 +69,26 @@ def _backward_fake(grad_step_logits, hidden, weight, step_index):
     )
 
 
-def setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output) -> None:
     hidden, weight, bias, step_index, cu_steps, positive_class, _threshold = inputs
-    step_logits, step_probs, *_, argmin = output
-    ctx.save_for_backward(hidden, weight, step_index, cu_steps, step_logits, step_probs, argmin)
+    step_logits, step_probs, _min, _log_prod, prod, *_, argmin = output
+    ctx.save_for_backward(hidden, weight, step_index, cu_steps, step_logits, step_probs, prod, argmin)
     ctx.positive_class = positive_class
-    ctx.has_bias = bias is not None
-    ctx.bias_dtype = bias.dtype if bias is not None else None
+    ctx.bias_dtype = None if bias is None else bias.dtype
 
 
-def backward(ctx, g_logits, g_probs, g_min, g_log_prod, g_mean, g_last, _g_first_error, _g_argmin):
-    hidden, weight, step_index, cu_steps, step_logits, step_probs, argmin = ctx.saved_tensors
+def _input_grads(ctx, output_grads: tuple, project_back) -> tuple:
+    """Gradients of the forward op's inputs. ``project_back`` is the backward op (dispatcher or backend)."""
+    hidden, weight, step_index, cu_steps, step_logits, step_probs, prod, argmin = ctx.saved_tensors
+    differentiable = OutputGrads(*output_grads[: _INTEGER_OUTPUTS.start])
     grad_step_logits = step_logit_grad(
-        step_logits, step_probs, cu_steps, argmin, ctx.positive_class,
-        g_logits, g_probs, g_min, g_log_prod, g_mean, g_last,
-    )  # fmt: skip
-    grad_hidden, grad_weight, grad_bias = torch.ops.fastprm.score_steps_backward(
-        grad_step_logits, hidden, weight, step_index
+        step_logits, step_probs, prod, cu_steps, argmin, ctx.positive_class, differentiable
     )
+    grad_hidden, grad_weight, grad_bias = project_back(grad_step_logits, hidden, weight, step_index)
     return (
         grad_hidden,
         grad_weight.to(weight.dtype),
-        grad_bias.to(ctx.bias_dtype) if ctx.has_bias else None,
+        None if ctx.bias_dtype is None else grad_bias.to(ctx.bias_dtype),
         None,
         None,
         None,
@@ -94,23 +96,58 @@ def backward(ctx, g_logits, g_probs, g_min, g_log_prod, g_mean, g_last, _g_first
     )
 
 
-torch.library.register_autograd("fastprm::score_steps_forward", backward, setup_context=setup_context)
+def _backward(ctx, *output_grads):
+    return _input_grads(ctx, output_grads, torch.ops.fastprm.score_steps_backward)
+
+
+torch.library.register_autograd("fastprm::score_steps_forward", _backward, setup_context=_setup_context)
 
 
 class EagerCPUForward(torch.autograd.Function):
-    """The same forward and autograd for eager CPU calls, without the dispatcher round trip (which costs
-    more than the kernel on small batches). torch.compile always goes through the registered op."""
+    """The op's forward and autograd for eager CPU calls that need a gradient, without the dispatcher."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, step_index, cu_steps, positive_class, threshold):
-        from .cpu import score_steps_forward
-
         inputs = (hidden, weight, bias, step_index, cu_steps, positive_class, threshold)
-        output = score_steps_forward(*inputs)
-        setup_context(ctx, inputs, output)
-        ctx.mark_non_differentiable(output[6], output[7])
+        output = cpu.score_steps_forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.mark_non_differentiable(*output[_INTEGER_OUTPUTS])
+        ctx.set_materialize_grads(False)  # outputs the loss does not use give None, not zeros to add up
         return output
 
     @staticmethod
-    def backward(ctx, *grads):
-        return backward(ctx, *grads)
+    def backward(ctx, *output_grads):
+        return _input_grads(ctx, output_grads, cpu.score_steps_backward)
+
+
+def _eager_cpu(device: torch.device) -> bool:
+    return device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def find_steps(
+    input_ids: torch.Tensor, cu_seqlens: torch.Tensor, sep_token_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs ``fastprm::find_steps`` (checked arguments; see :func:`fastprm.ops.find_steps`)."""
+    if _eager_cpu(input_ids.device):
+        return cpu.find_steps(input_ids, cu_seqlens, sep_token_ids)
+    return torch.ops.fastprm.find_steps(input_ids, cu_seqlens, sep_token_ids)
+
+
+def score_steps_forward(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    step_index: torch.Tensor,
+    cu_steps: torch.Tensor,
+    positive_class: int,
+    threshold: float,
+) -> tuple[torch.Tensor, ...]:
+    """Runs ``fastprm::score_steps_forward`` (checked arguments), with autograd when an input needs it."""
+    args = (hidden, weight, bias, step_index, cu_steps, positive_class, threshold)
+    if not _eager_cpu(hidden.device):
+        return torch.ops.fastprm.score_steps_forward(*args)
+    if torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    ):
+        return EagerCPUForward.apply(*args)
+    return cpu.score_steps_forward(*args)
