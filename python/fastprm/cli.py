@@ -245,14 +245,15 @@ def _tokenize_row(tokenizer, row: InputRow, path: str) -> tuple | BadRow:
 
 
 def _write_chunk(out, tokenized: list[tuple | BadRow], scores: list) -> None:
-    """One line per row, in input order: the input row plus its scores, or the bad row's record."""
+    """One line per row, in input order: the input row plus its scores, or the bad row's record. The chunk
+    is written in one call and flushed, so a partial file left by a later failure holds whole chunks."""
     scores_of_good = iter(scores)
-    for r in tokenized:
-        record = (
-            r.record() if isinstance(r, BadRow) else {**r[0].record, "scores": next(scores_of_good).to_dict()}
-        )
-        out.write(json_text(record) + "\n")
-    out.flush()  # the partial file holds whole chunks, should a later one fail
+    records = [
+        r.record() if isinstance(r, BadRow) else {**r[0].record, "scores": next(scores_of_good).to_dict()}
+        for r in tokenized
+    ]
+    out.write("".join(json_text(record) + "\n" for record in records))
+    out.flush()
 
 
 def _score_summary(counts: dict[str, int], output: str) -> str:

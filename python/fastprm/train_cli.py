@@ -58,9 +58,12 @@ def load_examples(source: str, args: argparse.Namespace) -> list:
     """The step examples of a data file (bad rows and dropped records reported on stderr)."""
     from .data import load_step_examples
 
-    result = load_step_examples(
-        source, format=args.data_format, neutral=args.neutral, on_bad_row=args.on_bad_row
-    )
+    try:
+        result = load_step_examples(
+            source, format=args.data_format, neutral=args.neutral, on_bad_row=args.on_bad_row
+        )
+    except ImportError as err:  # a reader's optional package (pyarrow for Parquet)
+        raise ValueError(f"{source}: {err}") from err
     for where, reason in result.skipped:
         print(f"fastprm train: skipped {where}: {reason}", file=sys.stderr)
     return result.examples
@@ -142,8 +145,8 @@ def train(args: argparse.Namespace) -> int:
         prm = load_model(args.model, getattr(torch, args.dtype))
         train_data, eval_data = datasets(args, prm)
         training_args = training_arguments(args, eval_data is not None)
-    except (ValueError, OSError, RuntimeError, ImportError) as err:
-        # Bad data (file, row, format), a broken checkpoint or model JSON, a missing optional package.
+    except (ValueError, OSError, RuntimeError) as err:
+        # Bad data (file, row, format, a reader's missing package), a broken checkpoint or model JSON.
         raise _fail(one_line(err)) from None
     if args.lora_r:
         prm = add_lora(prm, args.lora_r, args.lora_alpha)
