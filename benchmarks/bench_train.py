@@ -413,7 +413,7 @@ def plot_losses(records: dict[str, dict], same_batches: set[str], path: Path) ->
     plt.close(fig)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -468,23 +468,12 @@ def main() -> None:
     )
     parser.add_argument("--workdir", default="/tmp/fastprm-bench-train")
     parser.add_argument("--child", nargs=3, metavar=("PLAN", "METHOD", "OUT"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
-    if args.child:
-        child(*args.child)
-        return
-    if not Path(args.trl_python).exists():
-        sys.exit(f"no TRL venv at {args.trl_python}: run `bash benchmarks/setup_trl_venv.sh` first")
-    if not (DATA / "processbench").exists():
-        sys.exit(f"shared data not found at {DATA}")
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    shape = f"h{args.hidden}-i{args.intermediate}-a{args.heads}-kv{args.kv_heads}-{args.layers}l-s{args.seed}"
-    model_dir = workdir / f"qwen2-tokcls-{shape}"
-    if not (model_dir / "config.json").exists():
-        make_checkpoint(model_dir, args)
 
-    # Rows: every source, rows that fit max_length, one seeded shuffle, the first --rows of it.
+def write_rows(args: argparse.Namespace, model_dir: Path, workdir: Path) -> tuple[Path, int, float]:
+    """Rows of every source that fit max_length, one seeded shuffle, the first --rows of it, written as TRL
+    stepwise jsonl; returns (that file, its row count, its mean row length in tokens)."""
     rows = load_rows(args.data.split(","))
     lengths = row_lengths(model_dir, rows)
     fitting = [(r, n) for r, n in zip(rows, lengths) if n <= args.max_length]
@@ -499,7 +488,12 @@ def main() -> None:
         f"training on {n_rows} (mean {mean_length:.0f} tokens)",
         flush=True,
     )
+    return data_path, n_rows, mean_length
 
+
+def methods_of(args: argparse.Namespace, mean_length: float) -> dict[str, dict]:
+    """The trainers to run: TRL, fastprm on TRL's batches, fastprm on token-budget batches (unless
+    --batch-tokens 0) and one fastprm row per --fastprm-config."""
     methods: dict[str, dict] = {"trl": {"kind": "trl"}, "fastprm": {"kind": "fastprm", "overrides": {}}}
     budget = (
         args.batch_tokens if args.batch_tokens >= 0 else -(-int(args.batch_size * mean_length) // 64) * 64
@@ -509,6 +503,11 @@ def main() -> None:
     for spec in args.fastprm_config:
         name, overrides = parse_config(spec)
         methods[f"fastprm_{name}"] = {"kind": "fastprm", "overrides": overrides}
+    return methods
+
+
+def write_plan(args: argparse.Namespace, model_dir: Path, data_path: Path, methods: dict, workdir: Path):
+    """The plan every child reads (model, rows, training settings, methods); returns (plan, its path)."""
     plan = {
         "model": str(model_dir),
         "data": str(data_path),
@@ -526,23 +525,48 @@ def main() -> None:
     }
     plan_path = workdir / "plan.json"
     plan_path.write_text(json.dumps(plan, indent=2) + "\n")
+    return plan, plan_path
 
-    best: dict[str, dict] = {}
+
+def run_methods(args: argparse.Namespace, methods: dict, plan_path: Path, workdir: Path) -> dict[str, dict]:
+    """Each method's fastest run of --repeats (the last run's result files with --report-only)."""
     if args.report_only:  # re-render the report from the children's result files of the last run
-        best = {m: json.loads((workdir / f"result-{m}.json").read_text()) for m in methods}
-    for _ in range(0 if args.report_only else args.repeats):
+        return {m: json.loads((workdir / f"result-{m}.json").read_text()) for m in methods}
+    best: dict[str, dict] = {}
+    for _ in range(args.repeats):
         for method, spec in methods.items():
             python = args.trl_python if spec["kind"] == "trl" else sys.executable
             record = run_child(python, plan_path, method, workdir)
             timed = sum(record["step_seconds"][args.warmup_steps :])
             if method not in best or timed < sum(best[method]["step_seconds"][args.warmup_steps :]):
                 best[method] = record
-    report(args, plan, best, n_rows, mean_length)
+    return best
 
 
-def report(args: argparse.Namespace, plan: dict, records: dict[str, dict], n_rows: int, mean_length: float):
-    from common import markdown_table, write_results
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    if not Path(args.trl_python).exists():
+        sys.exit(f"no TRL venv at {args.trl_python}: run `bash benchmarks/setup_trl_venv.sh` first")
+    if not (DATA / "processbench").exists():
+        sys.exit(f"shared data not found at {DATA}")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    shape = f"h{args.hidden}-i{args.intermediate}-a{args.heads}-kv{args.kv_heads}-{args.layers}l-s{args.seed}"
+    model_dir = workdir / f"qwen2-tokcls-{shape}"
+    if not (model_dir / "config.json").exists():
+        make_checkpoint(model_dir, args)
+    data_path, n_rows, mean_length = write_rows(args, model_dir, workdir)
+    methods = methods_of(args, mean_length)
+    plan, plan_path = write_plan(args, model_dir, data_path, methods, workdir)
+    report(args, plan, run_methods(args, methods, plan_path, workdir), n_rows, mean_length)
 
+
+def summary_rows(args: argparse.Namespace, records: dict[str, dict]) -> tuple[list[dict], set[str]]:
+    """One summary row per method with its ratios to TRL, and the methods trained on TRL's own batches
+    (whose loss curves are compared step by step)."""
     trl = records["trl"]
     trl_summary = summarize(trl, args.warmup_steps)
     rows, same_batches = [], set()
@@ -557,55 +581,48 @@ def report(args: argparse.Namespace, plan: dict, records: dict[str, dict], n_row
                 same_batches.add(method)
                 row["max_abs_loss_diff"] = max(abs(a - b) for a, b in zip(record["losses"], trl["losses"]))
         rows.append(row)
-        print(
-            f"{method:>16}: {row['s_per_step']:7.3f} s/step ({row['cpu_s_per_step']:6.2f} CPU s) "
-            f"{row['tokens_per_s']:8.0f} tok/s  "
-            f"pad {row['pad_fraction']:5.1%}  peak RSS {row['peak_rss_mb']:6.0f} MB  "
-            f"loss {row['first_loss']:.4f} -> {row['last_loss']:.4f}"
-            + (
-                f"  | x{row['throughput_x']:.2f} throughput, x{row['memory_x']:.2f} memory"
-                + (f", max |loss diff| {row['max_abs_loss_diff']:.2e}" if "max_abs_loss_diff" in row else "")
-                if method != "trl"
-                else ""
-            ),
-            flush=True,
-        )
-        if not row["same_tokens_as_trl"]:
-            print(f"  WARNING: {method} tokenized the rows differently from TRL", flush=True)
+    return rows, same_batches
 
-    verdict = "; ".join(
+
+def print_row(row: dict) -> None:
+    """One method's figures on the console, with its ratios to TRL and a warning when its tokens differ."""
+    method = row["method"]
+    print(
+        f"{method:>16}: {row['s_per_step']:7.3f} s/step ({row['cpu_s_per_step']:6.2f} CPU s) "
+        f"{row['tokens_per_s']:8.0f} tok/s  "
+        f"pad {row['pad_fraction']:5.1%}  peak RSS {row['peak_rss_mb']:6.0f} MB  "
+        f"loss {row['first_loss']:.4f} -> {row['last_loss']:.4f}"
+        + (
+            f"  | x{row['throughput_x']:.2f} throughput, x{row['memory_x']:.2f} memory"
+            + (f", max |loss diff| {row['max_abs_loss_diff']:.2e}" if "max_abs_loss_diff" in row else "")
+            if method != "trl"
+            else ""
+        ),
+        flush=True,
+    )
+    if not row["same_tokens_as_trl"]:
+        print(f"  WARNING: {method} tokenized the rows differently from TRL", flush=True)
+
+
+def verdict(args: argparse.Namespace, rows: list[dict], same_batches: set[str], trl_steps: int) -> str:
+    """The targets (throughput, memory) met or not by each fastprm method on TRL's batches."""
+    return "; ".join(
         f"{r['method']} on TRL's batches ({args.batch_size} rows/step): x{r['throughput_x']:.2f} TRL's tokens/s "
         f"(target >= {TARGET_THROUGHPUT}: {'met' if r['throughput_x'] >= TARGET_THROUGHPUT else 'NOT met'}), "
         f"x{r['memory_x']:.2f} its peak RSS (target <= {TARGET_MEMORY}: "
         f"{'met' if r['memory_x'] <= TARGET_MEMORY else 'NOT met'}), max |loss diff| "
-        f"{r['max_abs_loss_diff']:.2e} over {len(trl['losses'])} steps"
+        f"{r['max_abs_loss_diff']:.2e} over {trl_steps} steps"
         for r in rows
         if r["method"] in same_batches
     )
-    print(verdict, flush=True)
 
-    png = Path(__file__).parent / "results" / "bench_train_loss.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
-    plot_losses(records, same_batches, png)
-    columns = [
-        "method",
-        "rows_per_step",
-        "s_per_step",
-        "cpu_s_per_step",
-        "tokens_per_s",
-        "pad_fraction",
-        "peak_rss_mb",
-        "rss_before_train_mb",
-        "throughput_x",
-        "memory_x",
-        "max_abs_loss_diff",
-        "same_tokens_as_trl",
-    ]
-    loss_rows = [
-        {"step": i + 1, **{m: r["losses"][i] for m, r in records.items() if i < len(r["losses"])}}
-        for i in range(len(trl["losses"]))
-    ]
-    setup = (
+
+def setup_text(
+    args: argparse.Namespace, plan: dict, records: dict[str, dict], n_rows: int, mean_length: float
+):
+    """The paragraph of the result file that says what was run: model, data, training settings, versions."""
+    trl = records["trl"]
+    return (
         f"Model: random-weight Qwen2ForTokenClassification, hidden {args.hidden}, intermediate "
         f"{args.intermediate}, {args.heads} heads / {args.kv_heads} KV heads, {args.layers} layers, vocab 151936, "
         f"real Qwen2 tokenizer. Data: {n_rows} rows of {args.data} (mean {mean_length:.0f} tokens, <= "
@@ -619,8 +636,44 @@ def report(args: argparse.Namespace, plan: dict, records: dict[str, dict], n_row
         "other batches than TRL's, so its loss is not compared step by step.\n\n"
         f"Versions: TRL child {trl['versions']}; fastprm child {records['fastprm']['versions']}."
     )
+
+
+COLUMNS = [
+    "method",
+    "rows_per_step",
+    "s_per_step",
+    "cpu_s_per_step",
+    "tokens_per_s",
+    "pad_fraction",
+    "peak_rss_mb",
+    "rss_before_train_mb",
+    "throughput_x",
+    "memory_x",
+    "max_abs_loss_diff",
+    "same_tokens_as_trl",
+]
+
+
+def report(args: argparse.Namespace, plan: dict, records: dict[str, dict], n_rows: int, mean_length: float):
+    """Prints every method's figures and the verdict; writes the loss figure and the result files."""
+    from common import markdown_table, write_results
+
+    trl = records["trl"]
+    rows, same_batches = summary_rows(args, records)
+    for row in rows:
+        print_row(row)
+    summary = verdict(args, rows, same_batches, len(trl["losses"]))
+    print(summary, flush=True)
+
+    png = Path(__file__).parent / "results" / "bench_train_loss.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    plot_losses(records, same_batches, png)
+    loss_rows = [
+        {"step": i + 1, **{m: r["losses"][i] for m, r in records.items() if i < len(r["losses"])}}
+        for i in range(len(trl["losses"]))
+    ]
     markdown = (
-        f"{setup}\n\n{verdict}.\n\n{markdown_table(rows, columns)}\n\n"
+        f"{setup_text(args, plan, records, n_rows, mean_length)}\n\n{summary}.\n\n{markdown_table(rows, COLUMNS)}\n\n"
         f"Loss per optimizer step ({png.name}):\n\n{markdown_table(loss_rows, ['step', *records])}"
     )
     command = "python benchmarks/bench_train.py " + shlex.join(
