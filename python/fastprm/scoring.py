@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .batching import LAYOUTS, default_layout, token_budget_batches
+from .io import json_safe
 from .models.step_rows import compile_backbone
 from .packing import cu_seqlens, pack_rows, pad_rows
 from .tokenization import StepTokenizer, TokenizedSolution
@@ -48,13 +49,7 @@ class SolutionScores:
 
     def to_dict(self) -> dict:
         """The fields as JSON-ready values: NaN becomes None."""
-        return {k: _json_number(v) for k, v in asdict(self).items()}
-
-
-def _json_number(value):
-    if isinstance(value, list):
-        return [_json_number(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
+        return json_safe(asdict(self))
 
 
 class Scorer:
@@ -118,54 +113,53 @@ class Scorer:
     def score_tokenized(self, rows: Sequence[TokenizedSolution]) -> list[SolutionScores]:
         """Per-row step scores of tokenized rows, in input order."""
         if self.layout == "rows":
-            batches = [list(range(len(rows)))]  # one forward per row anyway: one head call for all
-        else:
-            batches = token_budget_batches([len(r.input_ids) for r in rows], self.batch_tokens)
+            return self._score_rows(rows)
         results: list[SolutionScores | None] = [None] * len(rows)
-        for batch in batches:
+        for batch in token_budget_batches([len(r.input_ids) for r in rows], self.batch_tokens):
             members = [rows[i] for i in batch]
-            hidden = self._step_hidden(members)
-            scores = self.prm.score_step_rows(
-                hidden, cu_seqlens([len(r.step_ends) for r in members]), self.threshold
-            )
+            ids, ends = [r.input_ids for r in members], [r.step_ends for r in members]
+            if self.layout == "packed":
+                packed = pack_rows(ids, ends).to(self.prm.device)
+                hidden = self.prm.step_hidden_states(
+                    packed.input_ids, packed.step_index, position_ids=packed.position_ids
+                )
+            else:
+                padded = pad_rows(ids, ends, self.pad_id).to(self.prm.device)
+                hidden = self.prm.step_hidden_states(
+                    padded.input_ids, padded.step_index, padded.attention_mask
+                )
+            scores = self.prm.score_step_rows(hidden, cu_seqlens([len(e) for e in ends]), self.threshold)
             for i, result in zip(batch, _solution_scores(scores, members)):
                 results[i] = result
         return results  # type: ignore[return-value]
 
-    def _step_hidden(self, rows: list[TokenizedSolution]) -> torch.Tensor:
-        """Final hidden states [K, H] of the step rows of ``rows``, in row and step order."""
-        ids, ends = [r.input_ids for r in rows], [r.step_ends for r in rows]
-        device = self.prm.device
-        if self.layout == "rows":
-            return self._rows_step_hidden(rows)
-        if self.layout == "packed":
-            batch = pack_rows(ids, ends).to(device)
-            return self.prm.step_hidden_states(
-                batch.input_ids, batch.step_index, position_ids=batch.position_ids
-            )
-        batch = pad_rows(ids, ends, self.pad_id).to(device)
-        return self.prm.step_hidden_states(batch.input_ids, batch.step_index, batch.attention_mask)
-
-    def _rows_step_hidden(self, rows: list[TokenizedSolution]) -> torch.Tensor:
-        """The ``rows`` layout: one unpadded forward per row; with ``share_prefix`` each row runs after the
-        cached keys and values of its prompt, computed once per distinct prompt (one cache alive at a time)."""
+    def _score_rows(self, rows: Sequence[TokenizedSolution]) -> list[SolutionScores]:
+        """The ``rows`` layout: one unpadded forward, head and op call per row, so no row's result depends on
+        another's. With ``share_prefix`` each row runs after the cached keys and values of its prompt,
+        computed once per distinct prompt (one cache alive at a time)."""
         device = self.prm.device
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, r in enumerate(rows):
-            if r.step_ends:  # a row without steps needs no forward
-                split = r.prompt_length if self.share_prefix else 0
-                groups.setdefault(tuple(r.input_ids[:split]), []).append(i)
-        per_row: list[torch.Tensor | None] = [None] * len(rows)
+            split = r.prompt_length if self.share_prefix and r.step_ends else 0
+            groups.setdefault(tuple(r.input_ids[:split]), []).append(i)
+        hidden_size = self.prm.backbone.config.hidden_size
+        results: list[SolutionScores | None] = [None] * len(rows)
         for prompt, members in groups.items():
             prefix = self.prm.prefix_cache(torch.tensor([prompt], device=device)) if prompt else None
             for i in members:
-                ids = torch.tensor([rows[i].input_ids[len(prompt) :]], device=device)
-                ends = torch.tensor(rows[i].step_ends, device=device) - len(prompt)
-                per_row[i] = self.prm.step_hidden_states(ids, ends, prefix=prefix)
+                row = rows[i]
+                if row.step_ends:
+                    ids = torch.tensor([row.input_ids[len(prompt) :]], device=device)
+                    ends = torch.tensor(row.step_ends, device=device) - len(prompt)
+                    hidden = self.prm.step_hidden_states(ids, ends, prefix=prefix)
+                else:  # every step dropped by truncation: no forward, an empty result
+                    hidden = torch.empty(0, hidden_size, dtype=self.prm.dtype, device=device)
+                cu_steps = torch.tensor([0, len(row.step_ends)], device=device)
+                results[i] = _solution_scores(
+                    self.prm.score_step_rows(hidden, cu_steps, self.threshold), [row]
+                )[0]
             del prefix
-        hidden_size = self.prm.backbone.config.hidden_size
-        empty = torch.empty(0, hidden_size, dtype=self.prm.dtype, device=device)
-        return torch.cat([empty if h is None else h for h in per_row])
+        return results  # type: ignore[return-value]
 
 
 def _solution_scores(scores: StepScores, rows: list[TokenizedSolution]) -> list[SolutionScores]:
