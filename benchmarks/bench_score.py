@@ -11,7 +11,7 @@ same weights and dtype; recipe_* run stock transformers (the model card), backbo
 fastprm loads it (fastprm's attention and, in bf16 on CPUs without native bf16, its fp32-GEMM matmuls) with
 the full last layer, no shared prefix and no head, which isolates what those save. Each method runs in its
 own process (for its peak RSS), methods alternate, and the best of --repeats runs counts. Ratios are what
-to read: this machine is shared and noisy.
+to read: absolute times drift on a shared machine.
 
 vllm / vllm_eager run vLLM's CPU build (torch-compiled / enforce_eager) from its own venv, made by
 ``bash benchmarks/setup_vllm_venv.sh`` (skipped with a message when it is missing). That venv has no fastprm,
@@ -208,7 +208,7 @@ def vllm_env() -> dict[str, str]:
     """Environment of a vLLM child; variables the user set win.
 
     - VLLM_CPU_OMP_THREADS_BIND: every core this process may use. vLLM's 'auto' keeps one core per rank for its
-      scheduler process, which on this 2-core machine halves the compute threads against fastprm's two.
+      scheduler process, which on a 2-core machine halves the compute threads against fastprm's two.
     - OMP_NUM_THREADS only with VLLM_ENABLE_V1_MULTIPROCESSING=0 (engine in this process, no binding done by
       vLLM): otherwise vLLM cuts torch to one thread "for serving".
     - VLLM_CPU_KVCACHE_SPACE=1 (GiB, default 4): prefill-only scoring frees each row's KV cache when it is

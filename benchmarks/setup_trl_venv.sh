@@ -8,9 +8,9 @@
 # it must not see fastprm and its dependency pins must not disturb the dev venv. Idempotent: a venv that
 # already imports the pinned torch and trl is left alone.
 #
-# torch is installed FIRST with an exact pin: torch==2.13.0 is satisfied by the CPU wheel on this machine's
-# disk, whereas letting pip resolve torch as a dependency of trl/accelerate could pull gigabytes of CUDA
-# wheels. The trl install then runs under a constraint that pins the torch already installed, so pip can
+# torch is installed FIRST with an exact pin: torch==2.13.0 is satisfied by the CPU wheel that the project's
+# build machines keep on disk, whereas letting pip resolve torch as a dependency of trl/accelerate could pull
+# gigabytes of CUDA wheels. The trl install then runs under a constraint that pins the torch already installed, so pip can
 # never replace it.
 set -euo pipefail
 export TRL_EXPERIMENTAL_SILENCE=1  # TRL warns on every trl.experimental import, the check included

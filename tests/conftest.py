@@ -13,7 +13,7 @@ from fastprm import _native
 
 @pytest.fixture(params=_native.available_isas() or ["reference"])
 def cpu_isa(request):
-    """Runs a test once per CPU code path this machine supports (the reference when no extension)."""
+    """Runs a test once per CPU code path the test machine supports (the reference when no extension)."""
     if _native.native is None:
         yield "reference"
         return

@@ -100,7 +100,7 @@ def test_batch_invariance_alone_vs_batch_of_64(qwen_prm_dir, layout, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_backbone_scores_like_eager(tmp_path, dtype):
     """Scorer(compile=True): rows of different lengths (dynamic shapes) give the eager step scores, in
-    bf16 too (where this CPU runs matmuls through fastprm.models.cpu_bf16), without recompiling per row."""
+    bf16 too (through fastprm.models.cpu_bf16 on CPUs without native bf16), without recompiling per row."""
     ck.write_qwen25_math_prm(tmp_path)
     problems = ["What is 2 + 3?", "How many eggs are left after three were eaten?", "Is 7 prime?"]
     solutions = [

@@ -31,7 +31,8 @@ _MATMULS = {
 
 
 def native_bf16() -> bool:
-    """Whether this CPU has native bf16 dot products (AVX512-BF16, which AMX CPUs have too)."""
+    """Whether the CPU running this process has native bf16 dot products (AVX512-BF16, which AMX CPUs have
+    too)."""
     return "avx512_bf16" in _native.available_isas()
 
 
