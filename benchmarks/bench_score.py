@@ -42,9 +42,23 @@ from common import markdown_table, write_results
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 VLLM_METHODS = ("vllm", "vllm_eager")
+# fastprm with its defaults, and with one choice changed: what each default is worth on the machine at hand.
+FASTPRM_VARIANTS = {
+    "fastprm": {},
+    "fastprm_compiled": {"compile": True},
+    "fastprm_packed": {"layout": "packed"},
+    "fastprm_padded": {"layout": "padded"},
+    "fastprm_no_prefix": {"share_prefix": False},
+    "fastprm_bf16_fp32_gemms": {},  # bf16 matmuls as fp32 GEMMs (fastprm.models.cpu_bf16) even where native
+    "fastprm_previous": {},  # the same defaults, from the python given by --previous-python (older code)
+}
 METHODS = (
     "fastprm",
     "fastprm_compiled",
+    "fastprm_packed",
+    "fastprm_padded",
+    "fastprm_no_prefix",
+    "fastprm_bf16_fp32_gemms",
     "recipe_b1",
     "recipe_b8",
     "backbone_b1",
@@ -114,18 +128,20 @@ def recipe_scores(model_dir: Path, dtype: torch.dtype, problems, solutions, batc
 
 
 def run_method(method: str, model_dir: Path, dtype: torch.dtype, n_rows: int, batch_tokens: int) -> dict:
-    from fastprm.batching import token_budget_batches
+    # Only what older fastprm versions also have (fastprm_previous runs this function on them).
     from fastprm.models import PRM
     from fastprm.scoring import Scorer
 
     problems, solutions = load_rows(n_rows)
     start = time.perf_counter()
-    if method in ("fastprm", "fastprm_compiled"):
-        compiled = method == "fastprm_compiled"
-        scorer = Scorer(
-            PRM.from_pretrained(model_dir, dtype=dtype), batch_tokens=batch_tokens, compile=compiled
-        )
-        if compiled:  # compilation is excluded, as vLLM's is: compile on a few rows first
+    if method in FASTPRM_VARIANTS:
+        if method == "fastprm_bf16_fp32_gemms":
+            from fastprm.models import cpu_bf16
+
+            cpu_bf16.native_bf16 = lambda: False
+        options = FASTPRM_VARIANTS[method]
+        scorer = Scorer(PRM.from_pretrained(model_dir, dtype=dtype), batch_tokens=batch_tokens, **options)
+        if options.get("compile"):  # compilation is excluded, as vLLM's is: compile on a few rows first
             scorer.score(problems[:4], solutions[:4])
         start = time.perf_counter()
         tokenized = scorer.tokenizer(problems, solutions)
@@ -136,6 +152,8 @@ def run_method(method: str, model_dir: Path, dtype: torch.dtype, n_rows: int, ba
             model_dir, dtype, problems, solutions, 1 if method == "recipe_b1" else 8
         )
     else:  # the bare backbone over exactly fastprm's tokens, no head
+        from fastprm.batching import token_budget_batches
+
         prm = PRM.from_pretrained(model_dir, dtype=dtype)
         scorer = Scorer(prm, batch_tokens=batch_tokens)
         tokenized = scorer.tokenizer(problems, solutions)
@@ -330,6 +348,11 @@ def main() -> None:
         help="python of the venv made by benchmarks/setup_vllm_venv.sh (default: $FASTPRM_VLLM_VENV or "
         ".venvs/vllm in the repo)",
     )
+    parser.add_argument(
+        "--previous-python",
+        default=None,
+        help="python of a venv with an older fastprm, for the fastprm_previous method (a regression check)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     model_dir = Path(args.workdir) / f"qwen25-math-prm-0.5b-{args.layers}l"
@@ -360,6 +383,8 @@ def main() -> None:
             flush=True,
         )
         methods = [m for m in methods if m not in VLLM_METHODS]
+    if "fastprm_previous" in methods and not args.previous_python:
+        sys.exit("fastprm_previous needs --previous-python")
 
     rows = []
     for dtype in args.dtypes.split(","):
@@ -377,6 +402,8 @@ def main() -> None:
             for method in methods:
                 vllm = method in VLLM_METHODS
                 python = args.vllm_python if vllm else sys.executable
+                if method == "fastprm_previous":
+                    python = args.previous_python
                 cmd = [python, __file__, *sys.argv[1:], "--child", method, dtype]
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=vllm_env() if vllm else None)
                 if proc.returncode:
