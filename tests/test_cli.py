@@ -18,25 +18,15 @@ def write_jsonl(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
 
 
+def score_argv(model, src, dst, *extra) -> list[str]:
+    return ["score", "--model", str(model), "--input", str(src), "--output", str(dst), "--quiet", *extra]
+
+
 def run(qwen_prm_dir, tmp_path, rows, *extra):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_jsonl(src, rows)
     src.write_bytes(src.read_bytes().replace(b"\\xff", b"\xff"))  # a non-UTF-8 byte where a row asks for one
-    code = main(
-        [
-            "score",
-            "--model",
-            str(qwen_prm_dir),
-            "--input",
-            str(src),
-            "--output",
-            str(dst),
-            "--quiet",
-            "--dtype",
-            "fp32",
-            *extra,
-        ]
-    )
+    code = main(score_argv(qwen_prm_dir, src, dst, "--dtype", "fp32", *extra))
     return code, [json.loads(line) for line in dst.read_text().splitlines()]
 
 
@@ -116,20 +106,6 @@ def test_pre_tokenized_rows_find_their_steps(qwen_prm_dir, tmp_path):
 
 
 # -- issue 10: inputs checked first, outputs renamed into place at the end, one-line errors ---------------
-
-
-def score_argv(qwen_prm_dir, src, dst, *extra) -> list[str]:
-    return [
-        "score",
-        "--model",
-        str(qwen_prm_dir),
-        "--input",
-        str(src),
-        "--output",
-        str(dst),
-        "--quiet",
-        *extra,
-    ]
 
 
 def error_of(argv, code=None) -> str:

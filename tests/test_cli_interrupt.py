@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from test_cli import score_argv
+
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigint_mid_run_leaves_no_output(qwen_prm_dir, tmp_path):
@@ -20,19 +22,9 @@ def test_sigint_mid_run_leaves_no_output(qwen_prm_dir, tmp_path):
     ]
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    argv = [
-        "--model",
-        str(qwen_prm_dir),
-        "--input",
-        str(src),
-        "--output",
-        str(dst),
-        "--quiet",
-        "--chunk-rows",
-        "4",
-    ]
+    argv = score_argv(qwen_prm_dir, src, dst, "--chunk-rows", "4", "--dtype", "fp32")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastprm", "score", *argv, "--dtype", "fp32"],
+        [sys.executable, "-m", "fastprm", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

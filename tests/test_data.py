@@ -335,6 +335,8 @@ BAD_ROWS = [
     ({**GOOD, "labels": ["1", 1.0]}, "label 0 must be a number"),
     ({**GOOD, "completions": ["a", 7]}, "step 1 must be a string"),
     ({**GOOD, "completions": ["a", "  "]}, "step 1 is empty"),
+    ({**GOOD, "completions": ["a", "b \ud800"]}, "step 1 is not valid Unicode text"),
+    ({**GOOD, "prompt": "\udfff"}, "the prompt is not valid Unicode text"),
     ({**GOOD, "prompt": None}, "field 'prompt' has type NoneType"),
     ({"prompt": "p", "completions": ["a"]}, "missing field 'labels'"),
     ([1, 2], "expected an object"),

@@ -14,7 +14,7 @@ from fastprm.cli import main
 from fastprm.eval_cli import subset_of
 from fastprm.io import json_safe
 from fastprm.metrics import aggregate_steps, predicted_first_error
-from fastprm.report import Table, text_table
+from fastprm.report import Table, metrics_tables, text_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -236,3 +236,17 @@ def test_report_rejects_other_json(tmp_path, plots):
         run("report", "--metrics", tmp_path / "other.json", "--output", tmp_path / "r.html")
     with pytest.raises(SystemExit, match="no such metrics"):
         run("report", "--metrics", tmp_path / "missing", "--output", tmp_path / "r.html")
+
+
+def test_eval_bon_candidates_without_a_score(tmp_path):
+    """A null aggregate (no scored step) is never picked and weighs nothing; such candidates are counted."""
+    rows = bon_rows()
+    rows[0] = {**rows[0], "scores": {**rows[0]["scores"], **dict.fromkeys(("min", "prod", "mean", "last"))}}
+    rows[0]["scores"]["step_scores"] = []
+    out = tmp_path / "bon.json"
+    assert run("eval", "bon", "--scores", write_jsonl(tmp_path / "bon.jsonl", rows), "--output", out) == 0
+    m = strict_json(out)
+    assert m["unscored_rows"] == 1
+    assert m["accuracy"]["prm-min"] == 0.0  # 2+2: the right candidate has no score, so a wrong one is picked
+    assert m["accuracy"]["majority"] == 0.25  # it still votes
+    assert "1 candidates with no scored step" in text_table(metrics_tables(m)[0])
