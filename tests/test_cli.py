@@ -360,4 +360,6 @@ def test_checkpoint_problems_are_one_line(qwen_prm_dir, tmp_path):
     shutil.copytree(qwen_prm_dir, broken)
     (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:1000])
     assert str(broken) in error_of(score_argv(broken, src, tmp_path / "out.jsonl"))
+    not_ours = error_of(score_argv(qwen_prm_dir, src, tmp_path / "out.jsonl", "--convention", "fastprm"))
+    assert not_ours.startswith(f"fastprm score: cannot load --model {qwen_prm_dir}: ")
     assert list(tmp_path.glob("*.partial")) == [] and not (tmp_path / "out.jsonl").exists()
