@@ -71,6 +71,13 @@ struct TensorArg {
   Kind kind = Kind::other;
 };
 
+// t.<name>(), without the bound-method object that attr(name)() would create first.
+py::object call_method(py::handle t, const py::str& name) {
+  PyObject* result = PyObject_CallMethodNoArgs(t.ptr(), name.ptr());
+  if (result == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(result);
+}
+
 TensorArg tensor_arg(py::handle t, const char* name, int ndim) {
   const Torch& torch = *g_torch;
   if (!py::isinstance(t, torch.tensor_type)) fail(std::string(name) + " must be a torch.Tensor");
@@ -79,7 +86,7 @@ TensorArg tensor_arg(py::handle t, const char* name, int ndim) {
   const py::tuple shape = t.attr(torch.shape);
   if (static_cast<int>(shape.size()) != ndim)
     fail(std::string(name) + " must be " + std::to_string(ndim) + "-D, got " + std::to_string(shape.size()) + "-D");
-  const py::tuple strides = t.attr(torch.stride)();
+  const py::tuple strides = call_method(t, torch.stride);
   TensorArg a;
   for (int d = 0; d < ndim; ++d) {
     a.size[d] = shape[d].cast<int64_t>();
@@ -88,7 +95,7 @@ TensorArg tensor_arg(py::handle t, const char* name, int ndim) {
   const py::object dtype = t.attr(torch.dtype);
   for (int k = 0; k < kKnownKinds; ++k)
     if (dtype.is(torch.dtypes[k])) a.kind = static_cast<Kind>(k);
-  a.data = reinterpret_cast<char*>(t.attr(torch.data_ptr)().cast<uintptr_t>());
+  a.data = reinterpret_cast<char*>(call_method(t, torch.data_ptr).cast<uintptr_t>());
   return a;
 }
 
@@ -273,7 +280,7 @@ py::tuple backward(py::handle grad_step_logits, const Rows& hidden, py::handle w
     if (si[k] < 0 || si[k] >= hidden.n) fail("step_index[" + std::to_string(k) + "] is out of range");
   const TensorArg g = tensor_arg(grad_step_logits, "grad_step_logits", 2);
   if (g.kind != static_cast<Kind>(accumulator_dtype<Acc>()) || g.size[0] != K || g.size[1] != C ||
-      (K > 1 && g.stride[0] != C) || (C > 1 && g.stride[1] != 1))
+      (K > 1 && g.stride[0] != C) || (K > 0 && C > 1 && g.stride[1] != 1))
     fail("grad_step_logits must be a contiguous [K, C] tensor of the accumulator dtype");
 
   const int64_t N = hidden.n, H = hidden.h;

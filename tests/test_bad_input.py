@@ -34,6 +34,7 @@ BAD_CALLS = [
     ("hidden", find_mode(hidden=torch.randn(6, H).long())),
     ("hidden", find_mode(hidden=torch.randn(6, H, 1))),
     ("hidden", find_mode(hidden=[[0.0] * H] * 6)),
+    ("hidden", find_mode(hidden=torch.randn(6, H).to_sparse())),
     ("weight", find_mode(weight=torch.randn(3, H))),
     ("weight", find_mode(weight=torch.randn(2, H + 1))),
     ("weight", find_mode(weight=torch.randn(H))),
@@ -72,6 +73,57 @@ BAD_CALLS = [
 def test_bad_input_names_the_argument(cpu_isa, argument, kwargs):
     with pytest.raises(ValueError, match=argument):
         score_steps(**kwargs)
+
+
+def test_extension_rechecks_what_it_dereferences():
+    """Called directly, past the Python checks, the C++ entry points still raise a ValueError naming the bad
+    argument instead of reading out of bounds."""
+    native = pytest.importorskip("fastprm._C")
+    hidden, weight, si, cu = (
+        torch.randn(6, H),
+        torch.randn(2, H),
+        torch.tensor([1, 3, 5]),
+        torch.tensor([0, 1, 3]),
+    )
+    forward_calls = [
+        ("hidden", (hidden.long(), weight, None, si, cu, 1, 0.5)),
+        ("hidden", (hidden[None], weight, None, si, cu, 1, 0.5)),
+        ("weight", (hidden, torch.randn(3, H), None, si, cu, 1, 0.5)),
+        ("weight", (hidden, torch.randn(2, H + 1), None, si, cu, 1, 0.5)),
+        ("weight", (hidden, "w", None, si, cu, 1, 0.5)),
+        ("bias", (hidden, weight, torch.randn(3), si, cu, 1, 0.5)),
+        ("bias", (hidden, weight, torch.zeros(2, dtype=torch.long), si, cu, 1, 0.5)),
+        ("step_index", (hidden, weight, None, torch.tensor([1, 3, 6]), cu, 1, 0.5)),
+        ("step_index", (hidden, weight, None, torch.tensor([1, 5, 3]), cu, 1, 0.5)),
+        ("step_index", (hidden, weight, None, si.int(), cu, 1, 0.5)),
+        ("step_index", (hidden, weight, None, torch.tensor([1, 0, 3, 0, 5])[::2], cu, 1, 0.5)),
+        ("cu_steps", (hidden, weight, None, si, torch.tensor([0, 1, 4]), 1, 0.5)),
+        ("cu_steps", (hidden, weight, None, si, torch.tensor([], dtype=torch.long), 1, 0.5)),
+        ("positive_class", (hidden, weight, None, si, cu, 2, 0.5)),
+    ]
+    for argument, args in forward_calls:
+        with pytest.raises(ValueError, match=argument):
+            native.score_forward(*args)
+    grad = torch.randn(3, 2)
+    backward_calls = [
+        ("grad_step_logits", (grad.double(), hidden, weight, si)),
+        ("grad_step_logits", (grad[:2], hidden, weight, si)),
+        ("grad_step_logits", (grad.T.contiguous().T, hidden, weight, si)),
+        ("step_index", (grad, hidden, weight, torch.tensor([1, 3, 6]))),
+        ("weight", (grad, hidden, torch.randn(2, H + 1), si)),
+    ]
+    for argument, args in backward_calls:
+        with pytest.raises(ValueError, match=argument):
+            native.score_backward(*args)
+    ids, seqs = torch.tensor([1, SEP, 2]), torch.tensor([0, 3])
+    find_calls = [
+        ("input_ids", (ids.float(), seqs, torch.tensor([SEP]))),
+        ("cu_seqlens", (ids, torch.tensor([0, 2]), torch.tensor([SEP]))),
+        ("sep_token_ids", (ids, seqs, torch.tensor([SEP], dtype=torch.int32))),
+    ]
+    for argument, args in find_calls:
+        with pytest.raises(ValueError, match=argument):
+            native.find_steps(*args)
 
 
 def test_reference_rejects_the_same_step_layouts():

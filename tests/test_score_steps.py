@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from batches import SEP, edge_case_rows, packed_ids, random_rows
+from batches import SEP, edge_case_rows, nan_step_batch, overflowing_logits_batch, packed_ids, random_rows
 from fastprm.ops import find_steps, score_steps, score_steps_reference
 from fastprm.ops.step_scoring.reference import find_steps_reference
 
@@ -273,3 +273,101 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(loss, ref.step_probs.sum() + torch.nan_to_num(ref.min).sum())
     torch.testing.assert_close(first_error, ref.first_error)
     torch.testing.assert_close(h.grad, h_ref.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("C", [1, 2])
+def test_edge_cases_every_dtype_forward_backward(cpu_isa, dtype, C):
+    """Empty sequences, no step, separator first/last, length 1 and all-separator rows in 16-bit dtypes."""
+    out, ref, leaves, ref_leaves = run_both(*make_inputs(edge_case_rows(), C=C, dtype=dtype))
+    assert_scores_close(out, ref, TOL[dtype])
+    assert_grads_close(leaves, ref_leaves, 1e-5 if dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_no_steps_at_all(cpu_isa, dtype):
+    hidden, weight, bias, input_ids, cu = make_inputs([[], [1, 2], []], dtype=dtype)
+    out, ref, leaves, _ = run_both(hidden, weight, bias, input_ids, cu)
+    assert out.step_index.shape == (0,) and out.step_logits.shape == (0, 2)
+    assert out.num_steps.tolist() == [0, 0, 0] and out.first_error.tolist() == [-1, -1, -1]
+    for name in ("min", "prod", "log_prod", "mean", "last"):
+        assert torch.isnan(getattr(out, name)).all(), name
+    assert_scores_close(out, ref, TOL[dtype])
+    assert (leaves[0].grad == 0).all()
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_given_mode_index_dtypes(cpu_isa, index_dtype):
+    hidden, weight, bias, _, _ = make_inputs([[1] * 9])
+    step_index, cu_steps = torch.tensor([0, 3, 8, 2]), torch.tensor([0, 3, 3, 4])
+    out = score_steps(
+        hidden, weight, bias, step_index=step_index.to(index_dtype), cu_steps=cu_steps.to(index_dtype)
+    )
+    ref = score_steps_reference(hidden, weight, bias, step_index, cu_steps)
+    assert out.step_index.dtype == out.cu_steps.dtype == out.num_steps.dtype == torch.int64
+    assert_scores_close(out, ref, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "layout", ["bf16-head-fp32-rows", "fp32-head-bf16-rows", "strided-head", "fp16-head"]
+)
+def test_head_of_another_dtype_or_layout(cpu_isa, layout):
+    """The kernel converts the head to float32 itself; the result is the reference's on the same tensors."""
+    hidden, weight, bias, input_ids, cu = make_inputs(
+        random_rows(torch.Generator().manual_seed(4), 6, 20), H=40
+    )
+    if layout == "bf16-head-fp32-rows":
+        weight, bias = weight.bfloat16(), bias.bfloat16()
+    elif layout == "fp32-head-bf16-rows":
+        hidden = hidden.bfloat16()
+    elif layout == "strided-head":
+        weight = torch.randn(40, 2).T  # [2, 40] with column-major strides
+    else:
+        weight = weight.half()
+    out, ref, leaves, ref_leaves = run_both(hidden, weight, bias, input_ids, cu)
+    assert_scores_close(out, ref, TOL[hidden.dtype])
+    for a, b in zip(leaves, ref_leaves):
+        assert a.grad.dtype == b.grad.dtype == a.dtype
+    assert_grads_close(leaves, ref_leaves, 1e-5 if hidden.dtype == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_a_nan_step_is_an_error(cpu_isa, dtype):
+    """NaN first, NaN after a real error, NaN only: a NaN step is never correct, whatever the threshold."""
+    hidden, weight, step_index, cu_steps = nan_step_batch(dtype)
+    for threshold in (0.5, 0.0):
+        out = score_steps(hidden, weight, step_index=step_index, cu_steps=cu_steps, threshold=threshold)
+        ref = score_steps_reference(hidden, weight, None, step_index, cu_steps, threshold=threshold)
+        expected = [0, 1, 0] if threshold == 0.5 else [0, 2, 0]
+        assert out.first_error.tolist() == ref.first_error.tolist() == expected, threshold
+        assert out.min.isnan().all() and out.prod.isnan().all() and out.mean.isnan().all()
+        assert_scores_close(out, ref, TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("C", [1, 2])
+@pytest.mark.parametrize("positive_class", [0, 1])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_logits_overflowing_to_inf_give_exact_probabilities(cpu_isa, dtype, C, positive_class, sign):
+    """Huge finite hidden values make a logit +-inf: P is exactly 1 or 0 and log P 0 or -inf, never NaN, in
+    the reference (the spec and fallback) as in the kernel, and both give the same gradients."""
+    hidden, weight, step_index, cu_steps = overflowing_logits_batch(dtype, C, sign)
+    hidden.requires_grad_()
+    out = score_steps(hidden, weight, step_index=step_index, cu_steps=cu_steps, positive_class=positive_class)
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    ref = score_steps_reference(ref_hidden, weight, None, step_index, cu_steps, positive_class)
+
+    good = (sign > 0) == (positive_class == 1)  # the huge logit is the positive class's margin
+    assert out.step_logits[1, C - 1].item() == sign * math.inf
+    for s in (out, ref):
+        assert s.step_probs.tolist() == [0.5, 1.0 if good else 0.0, 0.5]
+        assert s.log_prod[0].item() == (pytest.approx(math.log(0.5)) if good else -math.inf)
+        assert s.prod[0].item() == (pytest.approx(0.5) if good else 0.0)
+        assert s.first_error.tolist() == [-1 if good else 1, -1]
+    assert_scores_close(out, ref, TOL[dtype])
+    (out.step_probs.sum() + out.log_prod[1] + out.mean.sum()).backward()
+    (ref.step_probs.sum() + ref.log_prod[1] + ref.mean.sum()).backward()
+    assert (
+        hidden.grad[1] == 0
+    ).all()  # the saturated step: sigmoid' = 0, d log P = 0 or 1 only via log_prod[0]
+    torch.testing.assert_close(hidden.grad, ref_hidden.grad)

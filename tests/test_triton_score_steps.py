@@ -19,15 +19,12 @@ import torch
 
 pytest.importorskip("triton")
 
-from batches import SEP, edge_case_rows, packed_ids, random_rows
-from fastprm.ops.score_steps.grad import step_logit_grad
-from fastprm.ops.score_steps.naive import (
-    find_steps_reference,
-    reference_backward,
-    reference_forward,
-)
+from batches import SEP, edge_case_rows, nan_step_batch, overflowing_logits_batch, packed_ids, random_rows
+from fastprm.ops.step_scoring import schema  # defines the fastprm ops and registers their kernels
+from fastprm.ops.step_scoring.grad import OutputGrads, step_logit_grad
+from fastprm.ops.step_scoring.reference import find_steps_reference, reference_backward, reference_forward
 
-FORWARD_OUTPUTS = ("step_logits", "step_probs", "min", "log_prod", "mean", "last", "first_error", "argmin")
+FORWARD_OUTPUTS = schema.FORWARD_OUTPUTS
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-4, torch.float16: 1e-4}
 # fp32 -> 16-bit rounding may differ from torch's by one unit in the last place.
 ULP = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
@@ -48,6 +45,11 @@ def make_case(rows, H=24, C=2, dtype=torch.float32, bias=True, seed=0):
     b = torch.randn(C, generator=gen).to(dtype) if bias else None
     step_index, cu_steps = find_steps_reference(input_ids, cu, torch.tensor([SEP]))
     return hidden, weight, b, step_index, cu_steps
+
+
+def named(out) -> dict[str, torch.Tensor]:
+    """The forward op's outputs by name."""
+    return dict(zip(FORWARD_OUTPUTS, out))
 
 
 def assert_forward_close(out, ref, tol):
@@ -136,13 +138,13 @@ def test_gradients_match_reference_autograd(dtype, C):
     out = cuda_op("score_steps_forward", hidden, weight, bias, step_index, cu_steps, 1, 0.5)
     gen = torch.Generator().manual_seed(6)
     # One random weight per element of each differentiable output, zero where the output is NaN.
-    weights = [torch.where(torch.isnan(t), 0.0, torch.randn(t.shape, generator=gen)) for t in out[:6]]
-    sum(torch.where(torch.isnan(t.detach()), 0, t * w).sum() for t, w in zip(ref[:6], weights)).backward()
+    n_float = FORWARD_OUTPUTS.index("first_error")
+    weights = [torch.where(torch.isnan(t), 0.0, torch.randn(t.shape, generator=gen)) for t in out[:n_float]]
+    sum(torch.where(torch.isnan(t.detach()), 0, t * w).sum() for t, w in zip(ref, weights)).backward()
 
-    g_logits, g_probs, g_min, g_log_prod, g_mean, g_last = weights
-    logits, probs, *_, argmin = out
+    o = named(out)
     grad = step_logit_grad(
-        logits, probs, cu_steps, argmin, 1, g_logits, g_probs, g_min, g_log_prod, g_mean, g_last
+        o["step_logits"], o["step_probs"], o["prod"], cu_steps, o["argmin"], 1, OutputGrads(*weights)
     )
     grad_hidden, grad_weight, grad_bias = cuda_op("score_steps_backward", grad, hidden, weight, step_index)
     ulp = ULP[dtype]
@@ -177,15 +179,16 @@ def test_long_sequence_tie_and_log_prod_stays_finite():
     hidden[step_index[[130, 300]]] = -1.0
     weight = torch.zeros_like(weight)
     weight[1] = 1 / 8  # logits (0, -1) on the two rows, (0, 0) elsewhere
-    out = check_against_reference(hidden, weight, None, step_index, cu_steps, backward=False)
-    _, _, min_, log_prod, _, _, first_error, argmin = out
+    out = named(check_against_reference(hidden, weight, None, step_index, cu_steps, backward=False))
     p = 1 / (1 + math.exp(1))
     assert math.prod([0.5] * 2000) == 0.0
-    assert float(log_prod[0]) == pytest.approx(1998 * math.log(0.5) + 2 * math.log(p), rel=1e-6)
-    assert float(log_prod[1]) == pytest.approx(math.log(0.5), rel=1e-6)
-    assert argmin.tolist() == [130, 2000]
-    assert min_.tolist() == pytest.approx([p, 0.5], rel=1e-6)
-    assert first_error.tolist() == [130, -1]
+    log_prod = out["log_prod"].tolist()
+    assert log_prod[0] == pytest.approx(1998 * math.log(0.5) + 2 * math.log(p), rel=1e-6)
+    assert log_prod[1] == pytest.approx(math.log(0.5), rel=1e-6)
+    assert out["prod"].tolist() == [0.0, pytest.approx(0.5)]
+    assert out["argmin"].tolist() == [130, 2000]
+    assert out["min"].tolist() == pytest.approx([p, 0.5], rel=1e-6)
+    assert out["first_error"].tolist() == [130, -1]
 
 
 def test_nan_row_only_affects_its_sequence():
@@ -194,12 +197,13 @@ def test_nan_row_only_affects_its_sequence():
     # Two NaN steps in the second reduction block of sequence 0: the first one is its min.
     hidden[step_index[200], 3] = float("nan")
     hidden[step_index[250], 0] = float("nan")
-    out = check_against_reference(hidden, weight, bias, step_index, cu_steps)
-    _, _, min_, log_prod, mean, last, _, argmin = out
-    assert argmin[0] == 200
-    assert torch.isnan(min_[0]) and torch.isnan(log_prod[0]) and torch.isnan(mean[0])
-    for reduction in (min_, log_prod, mean, last):
-        assert torch.isfinite(reduction[1:]).all()
+    out = named(check_against_reference(hidden, weight, bias, step_index, cu_steps))
+    assert out["argmin"][0] == 200
+    assert out["first_error"][0] <= 200
+    for name in ("min", "log_prod", "prod", "mean"):
+        assert torch.isnan(out[name][0]), name
+    for name in ("min", "log_prod", "prod", "mean", "last"):
+        assert torch.isfinite(out[name][1:]).all(), name
 
 
 def test_float64_falls_back_to_reference():
@@ -226,10 +230,12 @@ def test_sequence_results_do_not_depend_on_the_batch():
         "score_steps_forward", hidden, weight, bias, step_index[s:e], torch.tensor([0, e - s]), 1, 0.5
     )
     assert e - s > 128
-    assert torch.equal(alone[0], batched[0][s:e]) and torch.equal(alone[1], batched[1][s:e])
-    for a, full in zip(alone[2:6], batched[2:6]):
-        assert torch.equal(a, full[b : b + 1])
-    assert int(alone[7]) + s == int(batched[7][b])
+    alone, batched = named(alone), named(batched)
+    for name in ("step_logits", "step_probs"):
+        assert torch.equal(alone[name], batched[name][s:e]), name
+    for name in ("min", "log_prod", "prod", "mean", "last", "first_error", "num_steps"):
+        assert torch.equal(alone[name], batched[name][b : b + 1]), name
+    assert int(alone["argmin"]) + s == int(batched["argmin"][b])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -251,9 +257,11 @@ def test_backward_sums_steps_sharing_a_row(dtype):
 def test_no_steps_at_all():
     hidden, weight, bias, step_index, cu_steps = make_case([[], [1, 2], []], C=1)
     assert step_index.shape == (0,)
-    out = check_against_reference(hidden, weight, bias, step_index, cu_steps)
-    assert out[-1].tolist() == out[-2].tolist() == [-1, -1, -1]
-    assert torch.isnan(torch.stack(out[2:6])).all()
+    out = named(check_against_reference(hidden, weight, bias, step_index, cu_steps))
+    assert out["argmin"].tolist() == out["first_error"].tolist() == [-1, -1, -1]
+    assert out["num_steps"].tolist() == [0, 0, 0]
+    for name in ("min", "log_prod", "prod", "mean", "last"):
+        assert torch.isnan(out[name]).all(), name
 
 
 def test_forward_rejects_malformed_steps():
@@ -271,3 +279,26 @@ def test_fastprm_imports_without_triton():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("score_steps")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_nan_step_is_an_error(dtype):
+    """NaN first, NaN after a real error, NaN only: a NaN step is never correct, whatever the threshold."""
+    hidden, weight, step_index, cu_steps = nan_step_batch(dtype)
+    for threshold, expected in ((0.5, [0, 1, 0]), (0.0, [0, 2, 0])):
+        out = named(check_against_reference(hidden, weight, None, step_index, cu_steps, threshold=threshold))
+        assert out["first_error"].tolist() == expected, threshold
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("C", [1, 2])
+@pytest.mark.parametrize("positive_class", [0, 1])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+# The interpreter's NumPy warns about the overflow that this test makes on purpose.
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_logits_overflowing_to_inf_give_exact_probabilities(dtype, C, positive_class, sign):
+    hidden, weight, step_index, cu_steps = overflowing_logits_batch(dtype, C, sign)
+    out = named(check_against_reference(hidden, weight, None, step_index, cu_steps, positive_class))
+    good = (sign > 0) == (positive_class == 1)
+    assert out["step_probs"].tolist() == [0.5, 1.0 if good else 0.0, 0.5]
+    assert out["log_prod"][0].item() == (pytest.approx(math.log(0.5)) if good else -math.inf)

@@ -18,19 +18,23 @@ torch.library.define(
     "fastprm::find_steps",
     "(Tensor input_ids, Tensor cu_seqlens, Tensor sep_token_ids) -> (Tensor step_index, Tensor cu_steps)",
 )
+# The forward op's outputs, in order: differentiable floats, then integers without a gradient (argmin, the
+# global step index of each sequence's min, is the backward's record of where the min's gradient goes).
+FORWARD_OUTPUTS = (
+    "step_logits", "step_probs", "min", "log_prod", "prod", "mean", "last", "first_error", "num_steps", "argmin",
+)  # fmt: skip
+_INTEGER_OUTPUTS = slice(FORWARD_OUTPUTS.index("first_error"), len(FORWARD_OUTPUTS))
+
 torch.library.define(
     "fastprm::score_steps_forward",
     "(Tensor hidden, Tensor weight, Tensor? bias, Tensor step_index, Tensor cu_steps, int positive_class, "
-    "float threshold) -> (Tensor step_logits, Tensor step_probs, Tensor min, Tensor log_prod, Tensor prod, "
-    "Tensor mean, Tensor last, Tensor first_error, Tensor num_steps, Tensor argmin)",
+    "float threshold) -> (" + ", ".join(f"Tensor {name}" for name in FORWARD_OUTPUTS) + ")",
 )
 torch.library.define(
     "fastprm::score_steps_backward",
     "(Tensor grad_step_logits, Tensor hidden, Tensor weight, Tensor step_index) "
     "-> (Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)",
 )
-# Outputs of score_steps_forward without a gradient: first_error, num_steps, argmin.
-_INTEGER_OUTPUTS = slice(7, 10)
 
 for _device, _backend in (("cpu", cpu), ("cuda", cuda)):
     torch.library.register_kernel("fastprm::find_steps", _device, _backend.find_steps)
