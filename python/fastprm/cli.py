@@ -32,7 +32,7 @@ from .io import (
 )
 from .metrics import AGGREGATES
 from .models.conventions import CONVENTIONS
-from .tokenization import TRUNCATION_MODES
+from .tokenization import TRUNCATION_MODES, RowError
 from .training.label_modes import LABEL_MODES
 
 DEFAULT_SPLIT = r"\n\n"
@@ -201,7 +201,7 @@ def _score_rows(scorer, rows, out, args: argparse.Namespace) -> dict[str, int]:
             bad = [r for r in tokenized if isinstance(r, BadRow)]
             if bad and not args.skip_bad_rows:
                 raise bad[0]
-            good = [t for _, t in (r for r in tokenized if not isinstance(r, BadRow))]
+            good = [r[1] for r in tokenized if not isinstance(r, BadRow)]
             scores = scorer.score_tokenized(good)
             _write_chunk(out, tokenized, scores)
             counts["rows"] += len(good)
@@ -240,8 +240,10 @@ def _tokenize_row(tokenizer, row: InputRow, path: str) -> tuple | BadRow:
         if row.input_ids is not None:
             return row, tokenizer.from_ids(row.input_ids, row.line)
         return row, tokenizer([row.problem], [row.steps], first_row=row.line)[0]
-    except ValueError as err:  # a RowError: its reason, without the row number the BadRow already gives
-        return BadRow(path, row.line, getattr(err, "reason", str(err)), row.record.get("id"))
+    except ValueError as err:  # a RowError's reason leaves out the row number, which the BadRow gives
+        return BadRow(
+            path, row.line, err.reason if isinstance(err, RowError) else str(err), row.record.get("id")
+        )
 
 
 def _write_chunk(out, tokenized: list[tuple | BadRow], scores: list) -> None:
