@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -14,47 +15,83 @@
 namespace fastprm {
 namespace {
 
-// Below this many hidden elements a call runs on one thread. Waking the OpenMP team costs microseconds when
-// its threads spin and up to a scheduler time slice when they sleep or the other cores are busy, which is more
-// than the whole work of the small calls a search or a server makes (K <= 64 step rows of H <= 4096).
-constexpr int64_t kMinParallelElements = 1 << 18;
+// Below these sizes a call runs on one thread: about 30 us of serial work. Waking the OpenMP team costs
+// microseconds when its threads spin and up to a scheduler time slice when they sleep or the other cores are
+// busy, more than the whole work of the small calls a search or a server makes (K <= 64 step rows of
+// H <= 4096, a few thousand ids).
+constexpr int64_t kMinParallelElements = 1 << 18;  // hidden elements read (K * H)
+constexpr int64_t kMinParallelIds = 1 << 16;       // ids scanned for separators (N)
 
-bool is_separator(int64_t id, const int64_t* sep_ids, int64_t n_sep) {
-  bool hit = false;
-  for (int64_t s = 0; s < n_sep; ++s) hit |= id == sep_ids[s];
-  return hit;
-}
-
-// Separator rows of one id range. The single-separator case is a plain compare the compiler vectorizes.
+// Whether an id is a separator. The usual single separator is one compare, which the counting loop vectorizes.
 template <class Id>
-int64_t count_separators(const Id* ids, int64_t begin, int64_t end, const int64_t* sep_ids, int64_t n_sep) {
-  int64_t n = 0;
-  if (n_sep == 1) {
-    const Id sep = static_cast<Id>(sep_ids[0]);
-    if (static_cast<int64_t>(sep) != sep_ids[0]) return 0;  // an id the dtype cannot hold never matches
-    for (int64_t i = begin; i < end; ++i) n += ids[i] == sep;
-    return n;
+struct OneSeparator {
+  Id sep;
+  bool operator()(Id id) const { return id == sep; }
+};
+
+struct AnySeparator {
+  const int64_t* sep_ids;
+  int64_t n_sep;
+  bool operator()(int64_t id) const {
+    bool hit = false;
+    for (int64_t s = 0; s < n_sep; ++s) hit |= id == sep_ids[s];
+    return hit;
   }
-  for (int64_t i = begin; i < end; ++i) n += is_separator(ids[i], sep_ids, n_sep);
-  return n;
+};
+
+// Calls scan(ids, is_separator) with the typed ids and the cheapest separator test for them.
+template <class Scan>
+void scan_ids(IntArray input_ids, const int64_t* sep_ids, int64_t n_sep, Scan scan) {
+  const auto with = [&](auto* ids) {
+    using Id = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
+    const Id sep = static_cast<Id>(sep_ids[0]);
+    // A separator that the id dtype cannot hold is compared as int64 (and never matches).
+    if (n_sep == 1 && static_cast<int64_t>(sep) == sep_ids[0])
+      scan(ids, OneSeparator<Id>{sep});
+    else
+      scan(ids, AnySeparator{sep_ids, n_sep});
+  };
+  if (input_ids.is64)
+    with(static_cast<const int64_t*>(input_ids.data));
+  else
+    with(static_cast<const int32_t*>(input_ids.data));
 }
 
-template <class Id>
-void count_in_sequences(const Id* ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep, int64_t* counts) {
+template <class Id, class IsSeparator>
+void count_in_sequences(const Id* ids, IntArray cu_seqlens, IsSeparator is_separator, int64_t* counts) {
   const int64_t B = cu_seqlens.size - 1;
-#pragma omp parallel for schedule(static) if (cu_seqlens[B] > kMinParallelElements)
-  for (int64_t b = 0; b < B; ++b) counts[b] = count_separators(ids, cu_seqlens[b], cu_seqlens[b + 1], sep_ids, n_sep);
-}
-
-template <class Id>
-void fill_in_sequences(const Id* ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
-                       const int64_t* cu_steps, int64_t* step_index) {
-  const int64_t B = cu_seqlens.size - 1;
-#pragma omp parallel for schedule(static) if (cu_seqlens[B] > kMinParallelElements)
+#pragma omp parallel for schedule(static) if (cu_seqlens[B] >= kMinParallelIds)
   for (int64_t b = 0; b < B; ++b) {
-    int64_t k = cu_steps[b];
-    for (int64_t i = cu_seqlens[b]; i < cu_seqlens[b + 1]; ++i)
-      if (is_separator(ids[i], sep_ids, n_sep)) step_index[k++] = i;
+    const int64_t begin = cu_seqlens[b], end = cu_seqlens[b + 1];
+    int64_t n = 0;
+    // 32-bit partial counts: the vectorized compare-and-add then needs no widening to 64 bits.
+    constexpr int64_t kChunk = int64_t{1} << 30;
+    for (int64_t c = begin; c < end; c += kChunk) {
+      const int64_t c_end = std::min(end, c + kChunk);
+      int32_t partial = 0;
+      for (int64_t i = c; i < c_end; ++i) partial += is_separator(ids[i]);
+      n += partial;
+    }
+    counts[b] = n;
+  }
+}
+
+template <class Id, class IsSeparator>
+void fill_in_sequences(const Id* ids, IntArray cu_seqlens, IsSeparator is_separator, const int64_t* cu_steps,
+                       int64_t* step_index) {
+  const int64_t B = cu_seqlens.size - 1;
+#pragma omp parallel for schedule(static) if (cu_seqlens[B] >= kMinParallelIds)
+  for (int64_t b = 0; b < B; ++b) {
+    // Bounds in locals: the stores below could alias cu_seqlens for all the compiler knows.
+    const int64_t begin = cu_seqlens[b], end = cu_seqlens[b + 1], k_end = cu_steps[b + 1];
+    int64_t k = cu_steps[b], sink;
+    // Branch-free: separators come too irregularly to predict. Every row is written to the next free slot
+    // (to `sink` once the sequence's slots are full), and the slot advances only past a separator.
+    for (int64_t i = begin; i < end; ++i) {
+      int64_t* slot = k < k_end ? step_index + k : &sink;
+      *slot = i;
+      k += is_separator(ids[i]);
+    }
   }
 }
 
@@ -66,6 +103,19 @@ const void* row_slice(const Rows& rows, int64_t r, int64_t h0, int64_t len, std:
   scratch.resize(len * es);
   for (int64_t h = 0; h < len; ++h) std::memcpy(scratch.data() + h * es, base + h * rows.stride_h * es, es);
   return scratch.data();
+}
+
+// Step rows lie far apart in hidden, so the hardware prefetcher, which follows a stream within a page, starts
+// cold at every row (and every page of it). Asking for a later row's lines while this one is computed hides
+// that latency.
+constexpr int64_t kPrefetchRowsAhead = 2;
+
+void prefetch_row(const Rows& rows, int64_t r) {
+  if (rows.stride_h != 1) return;  // strided rows are gathered element by element anyway
+  constexpr int64_t kLine = 64;
+  const char* base = static_cast<const char*>(rows.data) + r * rows.stride_n * element_size(rows.dtype);
+  const int64_t bytes = rows.h * static_cast<int64_t>(element_size(rows.dtype));
+  for (int64_t offset = 0; offset < bytes; offset += kLine) __builtin_prefetch(base + offset, 0, 3);
 }
 
 // fp64 rows take plain loops: they exist for gradcheck, not for speed.
@@ -111,6 +161,15 @@ struct Ops<double> : F64Ops {
   Ops(Isa, DType) {}
 };
 
+// log(1 + x) for x in [0, 1], accurate for tiny x: log(u) * x / (u - 1) with u = 1 + x cancels the rounding of
+// u (Goldberg's trick; the Triton kernel does the same). glibc's log1pf costs several times logf, and it runs
+// once per step.
+template <class Acc>
+Acc log1p_unit(Acc x) {
+  const Acc u = 1 + x;
+  return u == 1 ? x : std::log(u) * (x / (u - 1));
+}
+
 // Probability of the positive class and its log, from the head logits of one step (stable for any logit).
 template <class Acc>
 void step_probability(const Acc* logits, int C, int positive_class, Acc* prob, Acc* log_prob) {
@@ -122,11 +181,11 @@ void step_probability(const Acc* logits, int C, int positive_class, Acc* prob, A
   if (z >= 0) {
     const Acc e = std::exp(-z);
     *prob = 1 / (1 + e);
-    *log_prob = -std::log1p(e);
+    *log_prob = -log1p_unit(e);
   } else {
     const Acc e = std::exp(z);  // also reached by NaN, which propagates
     *prob = e / (1 + e);
-    *log_prob = z - std::log1p(e);
+    *log_prob = z - log1p_unit(e);
   }
 }
 
@@ -153,19 +212,17 @@ std::string count_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* 
                         int64_t* counts) {
   const std::string err = check_offsets(cu_seqlens, input_ids.size, "cu_seqlens", "the number of rows N");
   if (!err.empty()) return err;
-  if (input_ids.is64)
-    count_in_sequences(static_cast<const int64_t*>(input_ids.data), cu_seqlens, sep_ids, n_sep, counts);
-  else
-    count_in_sequences(static_cast<const int32_t*>(input_ids.data), cu_seqlens, sep_ids, n_sep, counts);
+  scan_ids(input_ids, sep_ids, n_sep, [&](auto* ids, auto is_separator) {
+    count_in_sequences(ids, cu_seqlens, is_separator, counts);
+  });
   return "";
 }
 
 void fill_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
                 const int64_t* cu_steps, int64_t* step_index) {
-  if (input_ids.is64)
-    fill_in_sequences(static_cast<const int64_t*>(input_ids.data), cu_seqlens, sep_ids, n_sep, cu_steps, step_index);
-  else
-    fill_in_sequences(static_cast<const int32_t*>(input_ids.data), cu_seqlens, sep_ids, n_sep, cu_steps, step_index);
+  scan_ids(input_ids, sep_ids, n_sep, [&](auto* ids, auto is_separator) {
+    fill_in_sequences(ids, cu_seqlens, is_separator, cu_steps, step_index);
+  });
 }
 
 std::string validate_steps(const int64_t* step_index, int64_t K, const int64_t* cu_steps, int64_t B, int64_t N) {
@@ -194,17 +251,18 @@ void score_forward(const Rows& hidden, const Acc* weight, const Acc* bias, int C
   const int64_t H = hidden.h;
   const Acc nan = std::numeric_limits<Acc>::quiet_NaN();
   const Acc thr = static_cast<Acc>(threshold);
+  std::vector<Acc> log_probs(K);  // exp and log1p cost as much as a short row: computed once per step
 #pragma omp parallel if (K * H > kMinParallelElements)
   {
     std::vector<char> scratch;
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < K; ++k) {
+      if (k + kPrefetchRowsAhead < K) prefetch_row(hidden, step_index[k + kPrefetchRowsAhead]);
       Acc* lg = out.logits + k * C;
       ops.dot(row_slice(hidden, step_index[k], 0, H, scratch), weight, C, H, lg);
       if (bias)
         for (int c = 0; c < C; ++c) lg[c] += bias[c];
-      Acc log_prob;
-      step_probability(lg, C, positive_class, &out.probs[k], &log_prob);
+      step_probability(lg, C, positive_class, &out.probs[k], &log_probs[k]);
     }
     // Each sequence is reduced by one thread in step order, so its results never depend on the batch.
 #pragma omp for schedule(dynamic, 16)
@@ -219,8 +277,7 @@ void score_forward(const Rows& hidden, const Acc* weight, const Acc* bias, int C
       int64_t arg = s, first_error = -1;
       double sum_log = 0, sum_prob = 0;
       for (int64_t k = s; k < e; ++k) {
-        Acc p, log_p;
-        step_probability(out.logits + k * C, C, positive_class, &p, &log_p);
+        const Acc p = out.probs[k], log_p = log_probs[k];
         const Acc best = out.probs[arg];
         // The first NaN step wins the min; otherwise the first of tied minima.
         if (!std::isnan(best) && (std::isnan(p) || p < best)) arg = k;
