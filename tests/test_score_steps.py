@@ -371,3 +371,27 @@ def test_logits_overflowing_to_inf_give_exact_probabilities(cpu_isa, dtype, C, p
         hidden.grad[1] == 0
     ).all()  # the saturated step: sigmoid' = 0, d log P = 0 or 1 only via log_prod[0]
     torch.testing.assert_close(hidden.grad, ref_hidden.grad)
+
+
+def test_large_batch_takes_the_parallel_paths(cpu_isa):
+    """N >= 65536 ids and K * H > 2^18 hidden elements switch the scan, the forward and the backward to
+    OpenMP: same results as the reference, and each sequence's bits are those it gets when scored alone
+    (one thread)."""
+    gen = torch.Generator().manual_seed(11)
+    rows = random_rows(gen, batch=10, max_len=17000, sep_rate=1 / 40)
+    hidden, weight, bias, input_ids, cu = make_inputs(rows, H=160, seed=11)
+    assert input_ids.shape[0] >= 65536
+    out, ref, leaves, ref_leaves = run_both(hidden, weight, bias, input_ids, cu)
+    assert out.step_index.shape[0] * 160 > 2**18
+    assert_scores_close(out, ref, 1e-5)
+    assert_grads_close(leaves, ref_leaves, 1e-4)  # d weight sums 1,700 steps, in another order than torch
+    b = 3
+    start, end = int(cu[b]), int(cu[b + 1])
+    alone = score_steps(
+        hidden[start:end], weight, bias, input_ids=input_ids[start:end], cu_seqlens=torch.tensor([0, end - start]),
+        sep_token_ids=SEP,
+    )  # fmt: skip
+    k0, k1 = int(out.cu_steps[b]), int(out.cu_steps[b + 1])
+    assert torch.equal(alone.step_logits, out.step_logits[k0:k1].detach())
+    for name in ("min", "log_prod", "prod", "mean", "last", "first_error"):
+        assert torch.equal(getattr(alone, name)[0], getattr(out, name)[b].detach()), name
