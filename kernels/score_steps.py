@@ -266,15 +266,7 @@ def _reduce_sequences_kernel(
     tl.store(num_steps_ptr + b, n)
 
 
-def forward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    step_index: torch.Tensor,
-    cu_steps: torch.Tensor,
-    positive_class: int,
-    threshold: float,
-) -> tuple[torch.Tensor, ...]:
+def forward(hidden, weight, bias, step_index, cu_steps, positive_class: int, threshold: float):
     """``fastprm::score_steps_forward``: scores the step rows and reduces them per sequence.
 
     Args:

@@ -128,26 +128,17 @@ def _eager_cpu(device: torch.device) -> bool:
     return device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def find_steps(
-    input_ids: torch.Tensor, cu_seqlens: torch.Tensor, sep_token_ids: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Runs ``fastprm::find_steps`` (checked arguments; see :func:`fastprm.ops.find_steps`)."""
+def find_steps(input_ids: torch.Tensor, cu_seqlens: torch.Tensor, sep_token_ids: torch.Tensor):
+    """Runs ``fastprm::find_steps`` on checked arguments (see :func:`fastprm.ops.find_steps`)."""
     if _eager_cpu(input_ids.device):
         return cpu.find_steps(input_ids, cu_seqlens, sep_token_ids)
     return torch.ops.fastprm.find_steps(input_ids, cu_seqlens, sep_token_ids)
 
 
-def score_steps_forward(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    step_index: torch.Tensor,
-    cu_steps: torch.Tensor,
-    positive_class: int,
-    threshold: float,
-) -> tuple[torch.Tensor, ...]:
-    """Runs ``fastprm::score_steps_forward`` (checked arguments), with autograd when an input needs it."""
-    args = (hidden, weight, bias, step_index, cu_steps, positive_class, threshold)
+def score_steps_forward(*args) -> tuple[torch.Tensor, ...]:
+    """Runs ``fastprm::score_steps_forward`` on checked arguments (its schema's, in order), with autograd when
+    an input needs a gradient."""
+    hidden, weight, bias = args[:3]
     if not _eager_cpu(hidden.device):
         return torch.ops.fastprm.score_steps_forward(*args)
     if torch.is_grad_enabled() and (
