@@ -4,7 +4,7 @@ The launchers have the contracts of ``fastprm::find_steps``, ``fastprm::score_st
 ``fastprm::score_steps_backward`` (the reference, ``fastprm/ops/step_scoring/reference.py``, is the spec) for
 float32 / bfloat16 / float16 hidden states; the caller (``fastprm/ops/step_scoring/cuda.py``) decides what runs
 elsewhere. Every result is deterministic and batch-invariant: no float atomics, and each sum is taken in a
-fixed order. From fastprm this imports only the op's contract, a leaf module.
+fixed order. From fastprm this imports only the op's contract (``contract.py``, a leaf).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastprm.ops.step_scoring.contract import check_offsets, check_steps, empty
+from .contract import check_offsets, check_steps, empty
 
 _FIND_BLOCK_ROWS = 1024
 _FIND_BLOCK_SEPS = 16

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import torch  # noqa: F401  (the extension looks up torch's types when it loads)
 
-from .ops.step_scoring.contract import fill_outputs_with_nan
+from .kernels.contract import fill_outputs_with_nan
 
 ISA_ENV = "FASTPRM_CPU_ISA"
 

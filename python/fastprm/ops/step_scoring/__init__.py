@@ -1,6 +1,6 @@
 """The fused step-scoring op: find step rows, project them through the head, reduce per sequence.
 
-Layout, in the one direction data and imports flow:
+Layout, in the one direction that data and imports flow:
 
 - ``api.py``: the documented public functions (:func:`fastprm.ops.score_steps`, :func:`fastprm.ops.find_steps`)
   and their argument checks;
@@ -8,10 +8,8 @@ Layout, in the one direction data and imports flow:
   around the dispatcher;
 - ``cpu.py`` (C++ in ``csrc/``) and ``cuda.py`` (Triton in ``fastprm.kernels``): the per-device backends;
 - ``reference.py``: the pure-PyTorch reference (spec, test oracle and fallback); ``grad.py``: the gradient
-  w.r.t. the step logits that every backend shares; ``result.py``: :class:`StepScores`;
-- ``contract.py``: what every backend and the Triton launchers share (step-layout checks, output dtype and
-  allocator). It imports only torch.
+  w.r.t. the step logits that every backend shares; ``result.py``: :class:`StepScores`.
 
-This file imports nothing, so that ``fastprm.kernels`` can import ``contract`` without loading the backends
-(which would bring it back to ``fastprm.kernels`` through ``cuda.py``).
+What every backend and the Triton launchers share (step-layout checks, output dtype and allocator) is
+``fastprm.kernels.contract``, a leaf next to the launchers that imports only torch.
 """

@@ -9,7 +9,7 @@ registered op's outputs must not).
 from __future__ import annotations
 
 from ..._native import native
-from .contract import check_steps
+from ...kernels.contract import check_steps
 from .reference import find_steps_reference, reference_backward, reference_forward
 
 

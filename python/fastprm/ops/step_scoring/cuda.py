@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .contract import check_steps
+from ...kernels.contract import check_steps
 from .reference import reference_backward, reference_forward
 
 

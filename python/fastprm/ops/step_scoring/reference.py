@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .contract import accumulator_dtype, check_offsets, check_steps
+from ...kernels.contract import accumulator_dtype, check_offsets, check_steps
 from .result import StepScores
 
 

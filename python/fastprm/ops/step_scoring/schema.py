@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ...kernels.contract import accumulator_dtype
 from . import cpu, cuda
-from .contract import accumulator_dtype
 from .grad import OutputGrads, step_logit_grad
 
 torch.library.define(

@@ -1,8 +1,8 @@
 """What every backend of the step-scoring op shares: the step-layout checks, the output dtype and the output
 allocator.
 
-A leaf: it imports only torch, so that the Triton launchers in ``fastprm.kernels`` can use it without loading
-the backends (see this package's ``__init__``).
+A leaf that imports only torch. It lives next to the Triton launchers, which may import nothing else from
+fastprm; the reference and the CPU backend in ``fastprm.ops.step_scoring`` import it from here.
 """
 
 from __future__ import annotations
