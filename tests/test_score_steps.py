@@ -395,3 +395,29 @@ def test_large_batch_takes_the_parallel_paths(cpu_isa):
     assert torch.equal(alone.step_logits, out.step_logits[k0:k1].detach())
     for name in ("min", "log_prod", "prod", "mean", "last", "first_error"):
         assert torch.equal(getattr(alone, name)[0], getattr(out, name)[b].detach()), name
+
+
+def test_the_session_fills_kernel_outputs_with_nan():
+    """conftest's FASTPRM_NAN_FILL_OUTPUTS=1 reaches the allocator (and, through _native, the extension), so an
+    output element that a kernel forgets to write is NaN and fails the comparisons with the reference."""
+    from fastprm.kernels import contract
+
+    assert contract.fill_outputs_with_nan
+    assert contract.empty(3, dtype=torch.float32, device="cpu").isnan().all()
+
+
+def test_dispatcher_autograd_with_a_nan_step_matches_the_reference(cpu_isa):
+    """Through the dispatcher (torch.compile's and CUDA's route) autograd hands zeros for outputs the loss does
+    not use: a NaN prod must not turn them into NaN gradients for the finite steps of its sequence."""
+    rows = [[SEP, 1, SEP, SEP], [SEP, SEP]]
+    hidden, weight, bias, input_ids, cu = make_inputs(rows, H=8)
+    hidden[2, 3] = float("nan")  # the second step of sequence 0
+    step_index, cu_steps = find_steps(input_ids, cu, SEP)
+    leaf, ref_leaf = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    outputs = torch.ops.fastprm.score_steps_forward(leaf, weight, bias, step_index, cu_steps, 1, 0.5)
+    step_probs, log_prod = outputs[1], outputs[3]
+    ref = score_steps_reference(ref_leaf, weight, bias, step_index, cu_steps)
+    for probs, log_prods in ((step_probs, log_prod), (ref.step_probs, ref.log_prod)):
+        (torch.where(probs.isnan(), 0, probs).sum() + log_prods[1]).backward()
+    assert torch.isfinite(leaf.grad[[0, 3, 4, 5]]).all()
+    torch.testing.assert_close(leaf.grad, ref_leaf.grad, equal_nan=True)
