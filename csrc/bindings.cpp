@@ -199,29 +199,25 @@ py::array_t<T> new_output(std::vector<py::ssize_t> shape) {
 
 py::object as_tensor(const py::array& a) { return g_torch->from_numpy(a); }
 
-// Returns (step_index [K], cu_steps [B + 1]) int64: count, prefix-sum, fill.
-py::tuple find_steps(py::handle input_ids, py::handle cu_seqlens, py::handle sep_token_ids) {
+// Returns (step_index [K], cu_steps [B + 1]) int64.
+py::tuple find_steps_op(py::handle input_ids, py::handle cu_seqlens, py::handle sep_token_ids) {
   const IntArray ids = int_vector(input_ids, "input_ids"), cu = int_vector(cu_seqlens, "cu_seqlens");
   int64_t n_sep;
   const int64_t* seps = int64_vector(sep_token_ids, "sep_token_ids", &n_sep);
   if (cu.size < 1) fail("cu_seqlens must have at least one element (it is [B + 1])");
-  const int64_t B = cu.size - 1;
-  py::array_t<int64_t> cu_steps = new_output<int64_t>({B + 1});
+  if (n_sep < 1) fail("sep_token_ids must name at least one separator id");
+  py::array_t<int64_t> cu_steps = new_output<int64_t>({cu.size});
   int64_t* cs = cu_steps.mutable_data();
+  std::vector<int64_t> rows;
   std::string err;
   {
     py::gil_scoped_release release;
-    err = count_steps(ids, cu, seps, n_sep, cs + 1);
+    err = find_steps(ids, cu, seps, n_sep, &rows, cs);
   }
   if (!err.empty()) fail(err);
-  cs[0] = 0;
-  for (int64_t b = 0; b < B; ++b) cs[b + 1] += cs[b];
-  py::array_t<int64_t> step_index = new_output<int64_t>({cs[B]});
-  int64_t* out = step_index.mutable_data();
-  {
-    py::gil_scoped_release release;
-    fill_steps(ids, cu, seps, n_sep, cs, out);
-  }
+  const int64_t K = static_cast<int64_t>(rows.size());
+  py::array_t<int64_t> step_index = new_output<int64_t>({K});
+  std::copy(rows.begin(), rows.end(), step_index.mutable_data());
   return py::make_tuple(as_tensor(step_index), as_tensor(cu_steps));
 }
 
@@ -327,7 +323,7 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "set_fill_outputs_with_nan", [](bool fill) { g_fill_outputs_with_nan = fill; }, py::arg("fill"),
       "Start every output as NaN / INT64_MIN (tests: an element a kernel forgets to write shows)");
-  m.def("find_steps", &find_steps, py::arg("input_ids"), py::arg("cu_seqlens"), py::arg("sep_token_ids"),
+  m.def("find_steps", &find_steps_op, py::arg("input_ids"), py::arg("cu_seqlens"), py::arg("sep_token_ids"),
         "(step_index [K], cu_steps [B + 1]) int64: the separator rows of each sequence");
   m.def("score_forward", &score_forward_op, py::arg("hidden"), py::arg("weight"), py::arg("bias"),
         py::arg("step_index"), py::arg("cu_steps"), py::arg("positive_class"), py::arg("threshold"),

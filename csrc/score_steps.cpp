@@ -22,7 +22,7 @@ namespace {
 constexpr int64_t kMinParallelElements = 1 << 18;  // hidden elements read (K * H)
 constexpr int64_t kMinParallelIds = 1 << 16;       // ids scanned for separators (N)
 
-// Whether an id is a separator. The usual single separator is one compare, which the counting loop vectorizes.
+// Whether an id is a separator. The usual single separator is one compare.
 template <class Id>
 struct OneSeparator {
   Id sep;
@@ -39,60 +39,44 @@ struct AnySeparator {
   }
 };
 
-// Calls scan(ids, is_separator) with the typed ids and the cheapest separator test for them.
-template <class Scan>
-void scan_ids(IntArray input_ids, const int64_t* sep_ids, int64_t n_sep, Scan scan) {
-  const auto with = [&](auto* ids) {
-    using Id = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
-    const Id sep = static_cast<Id>(sep_ids[0]);
-    // A separator that the id dtype cannot hold is compared as int64 (and never matches).
-    if (n_sep == 1 && static_cast<int64_t>(sep) == sep_ids[0])
-      scan(ids, OneSeparator<Id>{sep});
-    else
-      scan(ids, AnySeparator{sep_ids, n_sep});
-  };
-  if (input_ids.is64)
-    with(static_cast<const int64_t*>(input_ids.data));
-  else
-    with(static_cast<const int32_t*>(input_ids.data));
-}
-
+// Appends the separator rows among ids [begin, end) to `rows`, in order.
 template <class Id, class IsSeparator>
-void count_in_sequences(const Id* ids, IntArray cu_seqlens, IsSeparator is_separator, int64_t* counts) {
-  const int64_t B = cu_seqlens.size - 1;
-#pragma omp parallel for schedule(static) if (cu_seqlens[B] >= kMinParallelIds)
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t begin = cu_seqlens[b], end = cu_seqlens[b + 1];
-    int64_t n = 0;
-    // 32-bit partial counts: the vectorized compare-and-add then needs no widening to 64 bits.
-    constexpr int64_t kChunk = int64_t{1} << 30;
-    for (int64_t c = begin; c < end; c += kChunk) {
-      const int64_t c_end = std::min(end, c + kChunk);
-      int32_t partial = 0;
-      for (int64_t i = c; i < c_end; ++i) partial += is_separator(ids[i]);
-      n += partial;
-    }
-    counts[b] = n;
-  }
-}
-
-template <class Id, class IsSeparator>
-void fill_in_sequences(const Id* ids, IntArray cu_seqlens, IsSeparator is_separator, const int64_t* cu_steps,
-                       int64_t* step_index) {
-  const int64_t B = cu_seqlens.size - 1;
-#pragma omp parallel for schedule(static) if (cu_seqlens[B] >= kMinParallelIds)
-  for (int64_t b = 0; b < B; ++b) {
-    // Bounds in locals: the stores below could alias cu_seqlens for all the compiler knows.
-    const int64_t begin = cu_seqlens[b], end = cu_seqlens[b + 1], k_end = cu_steps[b + 1];
-    int64_t k = cu_steps[b], sink;
-    // Branch-free: separators come too irregularly to predict. Every row is written to the next free slot
-    // (to `sink` once the sequence's slots are full), and the slot advances only past a separator.
-    for (int64_t i = begin; i < end; ++i) {
-      int64_t* slot = k < k_end ? step_index + k : &sink;
-      *slot = i;
+void append_separator_rows(const Id* ids, int64_t begin, int64_t end, IsSeparator is_separator,
+                           std::vector<int64_t>& rows) {
+  constexpr int64_t kBlock = 256;
+  size_t k = rows.size();
+  // Branch-free: separators come too irregularly to predict. Every row is written to the next free slot, which
+  // advances only past a separator; each block first makes room for all its rows being separators.
+  for (int64_t block = begin; block < end; block += kBlock) {
+    const int64_t block_end = std::min(end, block + kBlock);
+    if (rows.size() < k + kBlock) rows.resize(std::max(2 * rows.size(), k + kBlock));
+    int64_t* slot = rows.data();
+    for (int64_t i = block; i < block_end; ++i) {
+      slot[k] = i;
       k += is_separator(ids[i]);
     }
   }
+  rows.resize(k);
+}
+
+// The separator rows of all N ids, ascending: one pass over the ids, split into one contiguous range per
+// thread when there are enough of them.
+template <class Id, class IsSeparator>
+void separator_rows(const Id* ids, int64_t N, IsSeparator is_separator, std::vector<int64_t>& rows) {
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+  if (N >= kMinParallelIds && threads > 1) {
+    std::vector<std::vector<int64_t>> parts(threads);
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+      append_separator_rows(ids, N * t / T, N * (t + 1) / T, is_separator, parts[t]);
+    }
+    for (const std::vector<int64_t>& part : parts) rows.insert(rows.end(), part.begin(), part.end());
+    return;
+  }
+#endif
+  append_separator_rows(ids, 0, N, is_separator, rows);
 }
 
 // Element [h0, h0 + len) of row r, made contiguous in `scratch` when the row is strided.
@@ -208,21 +192,31 @@ std::string check_offsets(IntArray offsets, int64_t total, const char* name, con
 
 }  // namespace
 
-std::string count_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
-                        int64_t* counts) {
+std::string find_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
+                       std::vector<int64_t>* step_index, int64_t* cu_steps) {
   const std::string err = check_offsets(cu_seqlens, input_ids.size, "cu_seqlens", "the number of rows N");
   if (!err.empty()) return err;
-  scan_ids(input_ids, sep_ids, n_sep, [&](auto* ids, auto is_separator) {
-    count_in_sequences(ids, cu_seqlens, is_separator, counts);
-  });
+  const auto scan = [&](auto* ids) {
+    using Id = std::remove_const_t<std::remove_pointer_t<decltype(ids)>>;
+    const Id sep = static_cast<Id>(sep_ids[0]);
+    // A separator that the id dtype cannot hold is compared as int64 (and never matches).
+    if (n_sep == 1 && static_cast<int64_t>(sep) == sep_ids[0])
+      separator_rows(ids, input_ids.size, OneSeparator<Id>{sep}, *step_index);
+    else
+      separator_rows(ids, input_ids.size, AnySeparator{sep_ids, n_sep}, *step_index);
+  };
+  if (input_ids.is64)
+    scan(static_cast<const int64_t*>(input_ids.data));
+  else
+    scan(static_cast<const int32_t*>(input_ids.data));
+  // The rows ascend, so the steps before sequence b are the rows before cu_seqlens[b].
+  const int64_t K = static_cast<int64_t>(step_index->size());
+  int64_t k = 0;
+  for (int64_t b = 0; b < cu_seqlens.size; ++b) {
+    while (k < K && (*step_index)[k] < cu_seqlens[b]) ++k;
+    cu_steps[b] = k;
+  }
   return "";
-}
-
-void fill_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
-                const int64_t* cu_steps, int64_t* step_index) {
-  scan_ids(input_ids, sep_ids, n_sep, [&](auto* ids, auto is_separator) {
-    fill_in_sequences(ids, cu_seqlens, is_separator, cu_steps, step_index);
-  });
 }
 
 std::string validate_steps(const int64_t* step_index, int64_t K, const int64_t* cu_steps, int64_t B, int64_t N) {

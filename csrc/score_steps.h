@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "row_ops.h"
 
@@ -26,14 +27,11 @@ struct IntArray {
   }
 };
 
-// Checks cu_seqlens against N, then counts separator rows per sequence into counts[B].
+// Checks cu_seqlens ([B + 1]) against N, then finds the rows whose id is one of the n_sep separators:
+// step_index gets them in ascending order and cu_steps[B + 1] the offsets of each sequence's steps in it.
 // Returns an error message naming the bad argument, or "" on success.
-std::string count_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
-                        int64_t* counts);
-
-// Writes the flat row index of every separator row; cu_steps is the exclusive prefix sum of count_steps.
-void fill_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
-                const int64_t* cu_steps, int64_t* step_index);
+std::string find_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
+                       std::vector<int64_t>* step_index, int64_t* cu_steps);
 
 // Checks that cu_steps starts at 0, never decreases and ends at K, and that step_index lies in [0, N) and is
 // strictly ascending within each sequence. Returns an error message or "".

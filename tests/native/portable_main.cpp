@@ -9,12 +9,9 @@ int main() {
   for (int i = 0; i < N * H; ++i) hidden[i] = 0.1f * ((i * 7) % 11) - 0.5f;
   for (int i = 0; i < C * H; ++i) w[i] = 0.05f * ((i * 3) % 7) - 0.1f;
   std::vector<int64_t> ids{5, 9, 1, 9, 7, 9, 9}, cu{0, 4, 4, 7}, seps{9};
-  std::vector<int64_t> counts(3);
   IntArray idsa{ids.data(), N, true}, cua{cu.data(), 4, true};
-  count_steps(idsa, cua, seps.data(), 1, counts.data());
-  std::vector<int64_t> cs{0, counts[0], counts[0] + counts[1], counts[0] + counts[1] + counts[2]};
-  std::vector<int64_t> si(cs[3]);
-  fill_steps(idsa, cua, seps.data(), 1, cs.data(), si.data());
+  std::vector<int64_t> si, cs(4);
+  find_steps(idsa, cua, seps.data(), 1, &si, cs.data());
   const int64_t K = cs[3], B = 3;
   std::vector<float> f(K * C + K + 5 * B);
   std::vector<int64_t> in(3 * B);
