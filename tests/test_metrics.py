@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from fastprm.metrics import (
     Problem,
     Sample,
-    aggregate_steps,
     answer_key,
     answers_equal,
     auroc,
@@ -33,6 +32,7 @@ from fastprm.metrics import (
 from fastprm.metrics.answers import answer_value
 from fastprm.metrics.bon import balanced_orders, problem_accuracy
 from fastprm.metrics.processbench import step_outcomes, subset_scores
+from step_aggregates import step_aggregates
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -291,12 +291,6 @@ def test_evaluate_processbench():
 # ---------------------------------------------------------------- best-of-N
 
 
-def test_aggregate_steps():
-    agg = aggregate_steps([0.5, 0.8, 0.2])
-    assert agg == pytest.approx({"min": 0.2, "prod": 0.08, "mean": 0.5, "last": 0.2})
-    assert all(math.isnan(v) for v in aggregate_steps([]).values())
-
-
 def test_selection_rules_on_a_hand_made_problem():
     # Candidates: a (right, one weak step), b, b (wrong, confident), c (wrong).
     p = Problem(
@@ -373,7 +367,7 @@ def test_rewardmath_prm_scores_beat_random_pick(file):
     items = json.loads(data("rewardmath", file).read_text(encoding="utf-8"))
     problems = []
     for item in items:
-        aggs = [aggregate_steps(steps) for steps in item["score"]]
+        aggs = [step_aggregates(steps) for steps in item["score"]]
         problems.append(
             Problem(
                 [i == 0 for i in range(len(aggs))],

@@ -13,8 +13,9 @@ import pytest
 from fastprm.cli import main
 from fastprm.eval_cli import subset_of
 from fastprm.io import json_safe
-from fastprm.metrics import aggregate_steps, predicted_first_error
+from fastprm.metrics import predicted_first_error
 from fastprm.report import Table, metrics_tables, text_table
+from step_aggregates import step_aggregates
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -26,7 +27,7 @@ def run(*argv) -> int:
 
 def scored(problem: str, steps: list[str], step_scores: list[float], **fields) -> dict:
     """A row as ``fastprm score`` writes it: the input row plus its ``scores``."""
-    scores = {"step_scores": step_scores, **aggregate_steps(step_scores)}
+    scores = {"step_scores": step_scores, **step_aggregates(step_scores)}
     scores.update(
         first_error=predicted_first_error(step_scores, 0.5), steps_dropped=0, prompt_tokens_dropped=0
     )

@@ -25,7 +25,6 @@ _LAZY = {
     "extract_answer": "answers",
     "normalize_answer": "answers",
     "Problem": "bon",
-    "aggregate_steps": "bon",
     "best_of_n": "bon",
     "auroc": "calibration",
     "expected_calibration_error": "calibration",
@@ -40,7 +39,6 @@ __all__ = [
     "AGGREGATES",
     "Problem",
     "Sample",
-    "aggregate_steps",
     "answer_key",
     "answers_equal",
     "auroc",
@@ -56,7 +54,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .answers import answer_key, answers_equal, extract_answer, normalize_answer
-    from .bon import Problem, aggregate_steps, best_of_n
+    from .bon import Problem, best_of_n
     from .calibration import auroc, expected_calibration_error, reliability_table
     from .processbench import Sample, evaluate_processbench, predicted_first_error, threshold_sweep
 

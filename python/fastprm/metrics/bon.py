@@ -26,15 +26,6 @@ from . import AGGREGATES
 from .calibration import nan_lowest
 
 
-def aggregate_steps(step_scores: Sequence[float]) -> dict[str, float]:
-    """The solution scores ``fastprm score`` reports (min, prod, mean, last) from raw step scores; NaN
-    when there is no step."""
-    s = np.asarray(step_scores, dtype=np.float64)
-    if s.size == 0:
-        return dict.fromkeys(AGGREGATES, float("nan"))
-    return {"min": float(s.min()), "prod": float(s.prod()), "mean": float(s.mean()), "last": float(s[-1])}
-
-
 @dataclass
 class Problem:
     """The N candidate solutions of one problem.
