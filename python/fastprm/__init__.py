@@ -6,20 +6,21 @@ do not import torch or transformers; the first use of a name imports what it nee
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
-_LAZY = {
-    "PRM": "fastprm.models.prm",
-    "Scorer": "fastprm.scoring",
-    "SolutionScores": "fastprm.scoring",
-    "StepScores": "fastprm.ops",
-    "find_steps": "fastprm.ops",
-    "score_steps": "fastprm.ops",
-    "score_steps_reference": "fastprm.ops",
+_SOURCES = {
+    "PRM": ".models.prm",
+    "Scorer": ".scoring",
+    "SolutionScores": ".scoring",
+    "StepScores": ".ops",
+    "find_steps": ".ops",
+    "score_steps": ".ops",
+    "score_steps_reference": ".ops",
 }
 
 __all__ = [
@@ -39,13 +40,4 @@ if TYPE_CHECKING:
     from .scoring import Scorer, SolutionScores
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'fastprm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, _SOURCES)

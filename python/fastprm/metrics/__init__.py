@@ -13,26 +13,27 @@ The submodules load lazily, so ``AGGREGATES`` (the CLI's choices) imports withou
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_attributes
 
 # The solution scores fastprm score reports, and the aggregates best-of-N selects by.
 AGGREGATES = ("min", "prod", "mean", "last")
 
 _LAZY = {
-    "answer_key": "answers",
-    "answers_equal": "answers",
-    "extract_answer": "answers",
-    "normalize_answer": "answers",
-    "Problem": "bon",
-    "best_of_n": "bon",
-    "auroc": "calibration",
-    "expected_calibration_error": "calibration",
-    "reliability_table": "calibration",
-    "Sample": "processbench",
-    "evaluate_processbench": "processbench",
-    "predicted_first_error": "processbench",
-    "threshold_sweep": "processbench",
+    "answer_key": ".answers",
+    "answers_equal": ".answers",
+    "extract_answer": ".answers",
+    "normalize_answer": ".answers",
+    "Problem": ".bon",
+    "best_of_n": ".bon",
+    "auroc": ".calibration",
+    "expected_calibration_error": ".calibration",
+    "reliability_table": ".calibration",
+    "Sample": ".processbench",
+    "evaluate_processbench": ".processbench",
+    "predicted_first_error": ".processbench",
+    "threshold_sweep": ".processbench",
 }
 
 __all__ = [
@@ -59,13 +60,4 @@ if TYPE_CHECKING:
     from .processbench import Sample, evaluate_processbench, predicted_first_error, threshold_sweep
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'fastprm.metrics' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

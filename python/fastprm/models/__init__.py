@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
 from .conventions import CONVENTIONS, Convention
 
 __all__ = ["CONVENTIONS", "PRM", "Convention"]
@@ -15,9 +16,4 @@ if TYPE_CHECKING:
     from .prm import PRM
 
 
-def __getattr__(name: str):
-    if name == "PRM":
-        from .prm import PRM
-
-        return PRM
-    raise AttributeError(f"module 'fastprm.models' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, {"PRM": ".prm"})

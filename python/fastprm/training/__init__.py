@@ -5,20 +5,20 @@ Names load lazily, so ``fastprm.training.label_modes`` imports without torch or 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
 from .label_modes import LABEL_MODES
 
 _LAZY = {
-    "PRMTrainer": "fastprm.training.trainer",
-    "PRMTrainingArguments": "fastprm.training.trainer",
-    "StepCollator": "fastprm.training.batches",
-    "StepDataset": "fastprm.training.batches",
-    "TokenBudgetBatchSampler": "fastprm.training.batches",
-    "step_bce": "fastprm.training.loss",
-    "step_bce_sum": "fastprm.training.loss",
-    "step_loss_mask": "fastprm.training.loss",
+    "PRMTrainer": ".trainer",
+    "PRMTrainingArguments": ".trainer",
+    "StepCollator": ".batches",
+    "StepDataset": ".batches",
+    "TokenBudgetBatchSampler": ".batches",
+    "step_bce": ".loss",
+    "step_bce_sum": ".loss",
+    "step_loss_mask": ".loss",
 }
 
 __all__ = [
@@ -39,7 +39,4 @@ if TYPE_CHECKING:
     from .trainer import PRMTrainer, PRMTrainingArguments
 
 
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'fastprm.training' has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

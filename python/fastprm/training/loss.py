@@ -81,16 +81,12 @@ def step_bce(
     labels: torch.Tensor,
     cu_steps: torch.Tensor,
     *,
-    positive_class: int = 1,
-    mode: str = "all",
-    pos_weight: float | None = None,
     reduction: str = "mean",
+    **options,
 ) -> torch.Tensor:
-    """Binary cross-entropy of every counted step (arguments as :func:`step_bce_sum`), its ``mean`` over the
-    counted steps or its ``sum``: a scalar float32 tensor."""
+    """Binary cross-entropy of every counted step, its ``mean`` over the counted steps or its ``sum``: a
+    scalar float32 tensor. Arguments and ``options`` (positive_class, mode, pos_weight) as :func:`step_bce_sum`."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    total, counted = step_bce_sum(
-        step_logits, labels, cu_steps, positive_class=positive_class, mode=mode, pos_weight=pos_weight
-    )
+    total, counted = step_bce_sum(step_logits, labels, cu_steps, **options)
     return total if reduction == "sum" else total / counted.clamp(min=1)
