@@ -157,9 +157,11 @@ def call_times(fns: dict[str, Callable[[], object]], calls: int, blocks: int = 1
 
 def bench_latency(K: int, H: int, dtype: torch.dtype, calls: int) -> list[dict]:
     """Per-call microseconds (median and min) of a small call, fused vs the eager reference, with the step
-    rows found (find mode) or given (what ``PRM.score_step_rows`` does)."""
+    rows found (find mode), given by index (given mode) or passed alone (rows mode, what
+    ``PRM.score_step_rows`` does)."""
     hidden, weight, bias, input_ids, cu = make_small_call(K, H, dtype)
     step_index, cu_steps = find_steps(input_ids, cu, SEP)
+    step_rows = hidden[step_index]
     modes = {
         "find": (
             lambda: fused(hidden, weight, bias, input_ids, cu),
@@ -168,6 +170,10 @@ def bench_latency(K: int, H: int, dtype: torch.dtype, calls: int) -> list[dict]:
         "given": (
             lambda: score_steps(hidden, weight, bias, step_index=step_index, cu_steps=cu_steps),
             lambda: score_steps_reference(hidden, weight, bias, step_index, cu_steps),
+        ),
+        "rows": (
+            lambda: score_steps(step_rows, weight, bias, cu_steps=cu_steps),
+            lambda: score_steps_reference(step_rows, weight, bias, None, cu_steps),
         ),
     }
     rows = []

@@ -122,6 +122,19 @@ const int64_t* int64_vector(py::handle t, const char* name, int64_t* size) {
   return static_cast<const int64_t*>(a.data);
 }
 
+// step_index [K] int64, or null with K = N for None (rows mode: hidden holds exactly the step rows).
+const int64_t* step_rows(py::handle step_index, const Rows& hidden, int64_t* K) {
+  if (step_index.is_none()) {
+    *K = hidden.n;
+    return nullptr;
+  }
+  // An empty tensor's data_ptr may be 0, which the kernels would take for rows mode: give them a non-null
+  // pointer that nothing reads (K = 0).
+  static const int64_t no_steps = 0;
+  const int64_t* si = int64_vector(step_index, "step_index", K);
+  return si ? si : &no_steps;
+}
+
 double element(const char* p, DType dt) {
   switch (dt) {
     case DType::f32: {
@@ -232,7 +245,7 @@ py::tuple forward(const Rows& hidden, py::handle weight, const py::object& bias,
   Acc b[2];
   const bool has_bias = read_bias(bias, C, b);
   int64_t K, n_offsets;
-  const int64_t* si = int64_vector(step_index, "step_index", &K);
+  const int64_t* si = step_rows(step_index, hidden, &K);
   const int64_t* cs = int64_vector(cu_steps, "cu_steps", &n_offsets);
   if (n_offsets < 1) fail("cu_steps must have at least one element (it is [B + 1])");
   const int64_t B = n_offsets - 1;
@@ -271,9 +284,10 @@ py::tuple backward(py::handle grad_step_logits, const Rows& hidden, py::handle w
   int C;
   const Acc* w = head_matrix<Acc>(weight, hidden.h, &C, head_storage);
   int64_t K;
-  const int64_t* si = int64_vector(step_index, "step_index", &K);
-  for (int64_t k = 0; k < K; ++k)
-    if (si[k] < 0 || si[k] >= hidden.n) fail("step_index[" + std::to_string(k) + "] is out of range");
+  const int64_t* si = step_rows(step_index, hidden, &K);
+  if (si)
+    for (int64_t k = 0; k < K; ++k)
+      if (si[k] < 0 || si[k] >= hidden.n) fail("step_index[" + std::to_string(k) + "] is out of range");
   const TensorArg g = tensor_arg(grad_step_logits, "grad_step_logits", 2);
   if (g.kind != static_cast<Kind>(accumulator_dtype<Acc>()) || g.size[0] != K || g.size[1] != C ||
       (K > 1 && g.stride[0] != C) || (K > 0 && C > 1 && g.stride[1] != 1))
@@ -327,7 +341,8 @@ PYBIND11_MODULE(_C, m) {
         "(step_index [K], cu_steps [B + 1]) int64: the separator rows of each sequence");
   m.def("score_forward", &score_forward_op, py::arg("hidden"), py::arg("weight"), py::arg("bias"),
         py::arg("step_index"), py::arg("cu_steps"), py::arg("positive_class"), py::arg("threshold"),
-        "The outputs of fastprm::score_steps_forward");
+        "The outputs of fastprm::score_steps_forward (step_index None: rows mode)");
   m.def("score_backward", &score_backward_op, py::arg("grad_step_logits"), py::arg("hidden"), py::arg("weight"),
-        py::arg("step_index"), "(grad_hidden, grad_weight, grad_bias) of fastprm::score_steps_backward");
+        py::arg("step_index"),
+        "(grad_hidden, grad_weight, grad_bias) of fastprm::score_steps_backward (step_index None: rows mode)");
 }

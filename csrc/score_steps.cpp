@@ -89,6 +89,9 @@ const void* row_slice(const Rows& rows, int64_t r, int64_t h0, int64_t len, std:
   return scratch.data();
 }
 
+// The row of hidden that holds step k: step_index[k], or k itself in rows mode (null step_index).
+inline int64_t step_row(const int64_t* step_index, int64_t k) { return step_index ? step_index[k] : k; }
+
 // Step rows lie far apart in hidden, so the hardware prefetcher, which follows a stream within a page, starts
 // cold at every row (and every page of it). Asking for a later row's lines while this one is computed hides
 // that latency.
@@ -220,8 +223,9 @@ std::string find_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* s
 }
 
 std::string validate_steps(const int64_t* step_index, int64_t K, const int64_t* cu_steps, int64_t B, int64_t N) {
-  const std::string err = check_offsets({cu_steps, B + 1, true}, K, "cu_steps", "len(step_index)");
-  if (!err.empty()) return err;
+  const std::string err =
+      check_offsets({cu_steps, B + 1, true}, K, "cu_steps", step_index ? "len(step_index)" : "hidden.shape[0]");
+  if (!err.empty() || !step_index) return err;  // rows mode: no indices, row k is step k
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t k = cu_steps[b]; k < cu_steps[b + 1]; ++k) {
       const int64_t r = step_index[k];
@@ -251,9 +255,9 @@ void score_forward(const Rows& hidden, const Acc* weight, const Acc* bias, int C
     std::vector<char> scratch;
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < K; ++k) {
-      if (k + kPrefetchRowsAhead < K) prefetch_row(hidden, step_index[k + kPrefetchRowsAhead]);
+      if (k + kPrefetchRowsAhead < K) prefetch_row(hidden, step_row(step_index, k + kPrefetchRowsAhead));
       Acc* lg = out.logits + k * C;
-      ops.dot(row_slice(hidden, step_index[k], 0, H, scratch), weight, C, H, lg);
+      ops.dot(row_slice(hidden, step_row(step_index, k), 0, H, scratch), weight, C, H, lg);
       if (bias)
         for (int c = 0; c < C; ++c) lg[c] += bias[c];
       step_probability(lg, C, positive_class, &out.probs[k], &log_probs[k]);
@@ -299,31 +303,36 @@ void score_backward(const Rows& hidden, const Acc* weight, int C, const Acc* gra
   const size_t row_bytes = H * element_size(hidden.dtype);
 
   // Rows hit by several steps (possible in given mode across sequences) get the sum of their step gradients,
-  // added in step order: group equal rows with a stable sort instead of racing on the output.
-  std::vector<int64_t> order(K);
-  std::iota(order.begin(), order.end(), 0);
-  bool strictly_ascending = true;
-  for (int64_t k = 1; k < K && strictly_ascending; ++k) strictly_ascending = step_index[k] > step_index[k - 1];
-  if (!strictly_ascending)
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return step_index[a] < step_index[b]; });
-  std::vector<int64_t> group_start;
-  for (int64_t i = 0; i < K; ++i)
-    if (i == 0 || step_index[order[i]] != step_index[order[i - 1]]) group_start.push_back(i);
-  group_start.push_back(K);
-  const int64_t G = static_cast<int64_t>(group_start.size()) - 1;
+  // added in step order: group equal rows with a stable sort instead of racing on the output. In rows mode step
+  // k is row k: group g is step g alone, and as the K = N rows are all written, none needs zeroing.
+  std::vector<int64_t> order, group_start;
+  if (step_index) {
+    order.resize(K);
+    std::iota(order.begin(), order.end(), 0);
+    bool strictly_ascending = true;
+    for (int64_t k = 1; k < K && strictly_ascending; ++k) strictly_ascending = step_index[k] > step_index[k - 1];
+    if (!strictly_ascending)
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t a, int64_t b) { return step_index[a] < step_index[b]; });
+    for (int64_t i = 0; i < K; ++i)
+      if (i == 0 || step_index[order[i]] != step_index[order[i - 1]]) group_start.push_back(i);
+    group_start.push_back(K);
+  }
+  const int64_t G = step_index ? static_cast<int64_t>(group_start.size()) - 1 : K;
 
   // Weight gradient: each thread owns a slice of columns and walks all steps in order (no atomics).
   constexpr int64_t kSlice = 256;
   const int64_t n_slices = (H + kSlice - 1) / kSlice;
   std::fill(grad_weight, grad_weight + C * H, Acc(0));
   constexpr int64_t kZeroRows = 64;
-  const int64_t N = hidden.n, n_zero_blocks = (N + kZeroRows - 1) / kZeroRows;
+  const int64_t N = hidden.n, n_zero_blocks = step_index ? (N + kZeroRows - 1) / kZeroRows : 0;
   const bool parallel = (K + N) * H > kMinParallelElements;
 
 #pragma omp parallel if (parallel)
   {
     std::vector<char> scratch;
-    // Zero the whole gradient first (the barrier after this loop orders it before the step rows' writes).
+    // Given mode: zero the whole gradient first (the barrier after this loop orders it before the step rows'
+    // writes).
 #pragma omp for schedule(static)
     for (int64_t z = 0; z < n_zero_blocks; ++z) {
       const int64_t r0 = z * kZeroRows, rows = std::min(kZeroRows, N - r0);
@@ -332,16 +341,21 @@ void score_backward(const Rows& hidden, const Acc* weight, int C, const Acc* gra
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < G; ++g) {
       Acc grad[2] = {0, 0};
-      for (int64_t i = group_start[g]; i < group_start[g + 1]; ++i)
-        for (int c = 0; c < C; ++c) grad[c] += grad_logits[order[i] * C + c];
-      const int64_t r = step_index[order[group_start[g]]];
+      int64_t r = g;  // rows mode: step g, on row g
+      if (step_index) {
+        for (int64_t i = group_start[g]; i < group_start[g + 1]; ++i)
+          for (int c = 0; c < C; ++c) grad[c] += grad_logits[order[i] * C + c];
+        r = step_index[order[group_start[g]]];
+      } else {
+        for (int c = 0; c < C; ++c) grad[c] = grad_logits[g * C + c];
+      }
       ops.combine_store(static_cast<char*>(grad_hidden) + r * row_bytes, weight, C, grad, H);
     }
 #pragma omp for schedule(static)
     for (int64_t sl = 0; sl < n_slices; ++sl) {
       const int64_t h0 = sl * kSlice, len = std::min(kSlice, H - h0);
       for (int64_t k = 0; k < K; ++k)
-        ops.accumulate(grad_weight + h0, H, row_slice(hidden, step_index[k], h0, len, scratch), C,
+        ops.accumulate(grad_weight + h0, H, row_slice(hidden, step_row(step_index, k), h0, len, scratch), C,
                        grad_logits + k * C, len);
     }
   }

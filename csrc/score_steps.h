@@ -33,8 +33,12 @@ struct IntArray {
 std::string find_steps(IntArray input_ids, IntArray cu_seqlens, const int64_t* sep_ids, int64_t n_sep,
                        std::vector<int64_t>* step_index, int64_t* cu_steps);
 
+// Every kernel below takes step_index [K], the row of hidden that holds each step, or null for rows mode: hidden
+// is [K, H], exactly the step rows in order (row k is step k), and nothing is gathered.
+
 // Checks that cu_steps starts at 0, never decreases and ends at K, and that step_index lies in [0, N) and is
-// strictly ascending within each sequence. Returns an error message or "".
+// strictly ascending within each sequence. In rows mode (null step_index) K must be N. Returns an error message
+// or "".
 std::string validate_steps(const int64_t* step_index, int64_t K, const int64_t* cu_steps, int64_t B, int64_t N);
 
 // Per-step outputs [K] / [K, C] and per-sequence outputs [B]. Acc is float (fp32 / bf16 / fp16 rows) or
@@ -53,7 +57,8 @@ void score_forward(const Rows& hidden, const Acc* weight, const Acc* bias, int C
                    const ForwardOut<Acc>& out);
 
 // Given d loss / d step logits [K, C], writes d hidden (all of the contiguous [N, H] buffer in hidden's dtype:
-// zero outside the step rows), d weight [C, H] and d bias [C]. Deterministic: no float atomics, fixed order.
+// zero outside the step rows; in rows mode N = K and every row is a step row), d weight [C, H] and d bias [C].
+// Deterministic: no float atomics, fixed order.
 template <class Acc>
 void score_backward(const Rows& hidden, const Acc* weight, int C, const Acc* grad_logits, const int64_t* step_index,
                     int64_t K, Isa isa, void* grad_hidden, Acc* grad_weight, Acc* grad_bias);

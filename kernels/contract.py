@@ -47,9 +47,17 @@ def check_offsets(offsets: torch.Tensor, total: int, name: str, total_name: str)
         raise ValueError(f"{name} must end at {total_name} = {total}, got {int(offsets[-1])}")
 
 
-def check_steps(step_index: torch.Tensor, cu_steps: torch.Tensor, n_rows: int) -> None:
+def step_count(step_index: torch.Tensor | None, n_rows: int) -> int:
+    """K, the number of steps: len(step_index), or ``n_rows`` in rows mode (no step_index: row k is step k)."""
+    return n_rows if step_index is None else step_index.shape[0]
+
+
+def check_steps(step_index: torch.Tensor | None, cu_steps: torch.Tensor, n_rows: int) -> None:
     """Raises ValueError unless step_index [K] / cu_steps [B + 1] describe rows in [0, n_rows) that are strictly
-    ascending within each sequence."""
+    ascending within each sequence; in rows mode (step_index None) unless cu_steps ends at ``n_rows``."""
+    if step_index is None:
+        check_offsets(cu_steps, n_rows, "cu_steps", "hidden.shape[0]")
+        return
     check_offsets(cu_steps, step_index.shape[0], "cu_steps", "len(step_index)")
     bad = torch.nonzero((step_index < 0) | (step_index >= n_rows)).flatten()
     if bad.numel():

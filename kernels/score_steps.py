@@ -2,7 +2,9 @@
 
 The launchers have the contracts of ``fastprm::find_steps``, ``fastprm::score_steps_forward`` and
 ``fastprm::score_steps_backward`` (the reference, ``fastprm/ops/step_scoring/reference.py``, is the spec) for
-float32 / bfloat16 / float16 hidden states; the caller (``fastprm/ops/step_scoring/cuda.py``) decides what runs
+float32 / bfloat16 / float16 hidden states; a step_index of None (rows mode: hidden holds exactly the step rows,
+row k being step k) reaches the kernels as a None pointer, which Triton compiles as a constant, so rows mode gets
+kernels without the index loads; the caller (``fastprm/ops/step_scoring/cuda.py``) decides what runs
 elsewhere. Every result is deterministic and batch-invariant: no float atomics, and each sum is taken in a
 fixed order. From fastprm this imports only the op's contract (``contract.py``, a leaf).
 """
@@ -13,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .contract import check_offsets, check_steps, empty
+from .contract import check_offsets, check_steps, empty, step_count
 
 _FIND_BLOCK_ROWS = 1024
 _FIND_BLOCK_SEPS = 16
@@ -43,6 +45,16 @@ def _load_columns(ptr, steps, mask, C: tl.constexpr):
     if C == 2:
         second = tl.load(ptr + steps * C + 1, mask=mask, other=0.0)
     return first, second
+
+
+@triton.jit
+def _step_rows(step_index_ptr, steps, mask):
+    """int64 rows of hidden holding ``steps``: step_index[steps], or the steps themselves in rows mode (a None
+    step_index_ptr)."""
+    rows = steps.to(tl.int64)  # int64 like the loaded index: row offsets may pass 2**31
+    if step_index_ptr is not None:
+        rows = tl.load(step_index_ptr + steps, mask=mask, other=0)
+    return rows
 
 
 @triton.jit
@@ -184,7 +196,7 @@ def _step_logits_kernel(
 ):
     steps = tl.program_id(0).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     step_mask = steps < K
-    rows = tl.load(step_index_ptr + steps, mask=step_mask, other=0)
+    rows = _step_rows(step_index_ptr, steps, step_mask)
     acc0 = tl.zeros([BLOCK_K], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_K], dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
@@ -272,7 +284,8 @@ def forward(hidden, weight, bias, step_index, cu_steps, positive_class: int, thr
     Args:
         hidden: [N, H] float32/bfloat16/float16, any strides.
         weight: [C, H] head, C in {1, 2}; bias: [C] or None (any float dtype, used as float32).
-        step_index: [K] int64 rows of the steps, ascending within each sequence.
+        step_index: [K] int64 rows of the steps, ascending within each sequence, or None (rows mode: hidden
+            is [K, H], row k is step k).
         cu_steps: [B + 1] int64 offsets of each sequence's steps.
         positive_class: 0 or 1; threshold: ``first_error`` is the first step whose probability is below it or
             NaN.
@@ -283,9 +296,11 @@ def forward(hidden, weight, bias, step_index, cu_steps, positive_class: int, thr
     """
     check_steps(step_index, cu_steps, hidden.shape[0])
     device = hidden.device
-    K, B = step_index.shape[0], cu_steps.shape[0] - 1
+    K, B = step_count(step_index, hidden.shape[0]), cu_steps.shape[0] - 1
     C, H = weight.shape
-    step_index, cu_steps = step_index.contiguous(), cu_steps.contiguous()
+    cu_steps = cu_steps.contiguous()
+    if step_index is not None:
+        step_index = step_index.contiguous()
     logits = empty(K, C, dtype=torch.float32, device=device)
     probs = empty(K, dtype=torch.float32, device=device)
     min_, log_prod, prod, mean, last = (empty(B, dtype=torch.float32, device=device) for _ in range(5))
@@ -347,15 +362,22 @@ def _grad_hidden_kernel(
     BLOCK_H: tl.constexpr,
 ):
     # One program per distinct step row: the steps on that row (order[group_start[g] : group_start[g + 1]])
-    # are summed in step order, then projected once, so a shared row needs no atomics.
-    g = tl.program_id(0)
-    start = tl.load(group_start_ptr + g)
-    end = tl.load(group_start_ptr + g + 1)
-    row = tl.load(step_index_ptr + tl.load(order_ptr + start))
+    # are summed in step order, then projected once, so a shared row needs no atomics. In rows mode (None
+    # step_index, order and group_start) program g is step g alone, on row g.
+    g = tl.program_id(0).to(tl.int64)  # int64: row offsets may pass 2**31
+    start = g
+    end = g + 1
+    row = g
+    if step_index_ptr is not None:
+        start = tl.load(group_start_ptr + g)
+        end = tl.load(group_start_ptr + g + 1)
+        row = tl.load(step_index_ptr + tl.load(order_ptr + start))
     g0 = 0.0
     g1 = 0.0
     for i in range(start, end):
-        k = tl.load(order_ptr + i)
+        k = i
+        if step_index_ptr is not None:
+            k = tl.load(order_ptr + i)
         g0 += tl.load(grad_logits_ptr + k * C)
         if C == 2:
             g1 += tl.load(grad_logits_ptr + k * C + 1)
@@ -391,7 +413,7 @@ def _grad_weight_kernel(
     for k0 in range(0, K, BLOCK_K):
         steps = k0 + tl.arange(0, BLOCK_K)
         step_mask = steps < K
-        rows = tl.load(step_index_ptr + steps, mask=step_mask, other=0)
+        rows = _step_rows(step_index_ptr, steps, step_mask)
         x = _load_step_rows(hidden_ptr, rows, step_mask, cols, col_mask, stride_n, stride_h)
         g0, g1 = _load_columns(grad_logits_ptr, steps, step_mask, C)
         acc0 += tl.sum(x * g0[:, None], axis=0)
@@ -403,34 +425,44 @@ def _grad_weight_kernel(
 
 
 def backward(
-    grad_step_logits: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, step_index: torch.Tensor
+    grad_step_logits: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    step_index: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``fastprm::score_steps_backward``: projects d loss / d step logits back to hidden, weight and bias.
 
     Args:
         grad_step_logits: [K, C] float32.
         hidden: [N, H] float32/bfloat16/float16, any strides.
-        weight: [C, H]; step_index: [K] int64 (a row may appear several times, e.g. across sequences).
+        weight: [C, H]; step_index: [K] int64 (a row may appear several times, e.g. across sequences), or None
+            (rows mode: N = K, row k is step k).
 
     Returns:
         grad_hidden [N, H] in hidden's dtype, contiguous, zero outside the step rows (a row hit by several
         steps gets the sum of their gradients); grad_weight [C, H] and grad_bias [C] float32.
     """
     device = hidden.device
-    K = step_index.shape[0]
+    K = step_count(step_index, hidden.shape[0])
     C, H = weight.shape
     grad = _float32(grad_step_logits)
-    step_index = step_index.contiguous()
-    grad_hidden = torch.zeros(hidden.shape, dtype=hidden.dtype, device=device)
     grad_weight = empty(C, H, dtype=torch.float32, device=device)
-
-    if K:
+    if step_index is None:
+        # Rows mode: every row is a step row, written once by its own program; nothing to zero or group.
+        grad_hidden = empty(*hidden.shape, dtype=hidden.dtype, device=device)
+        groups, order, group_start = K, None, None
+    else:
+        step_index = step_index.contiguous()
+        grad_hidden = torch.zeros(hidden.shape, dtype=hidden.dtype, device=device)
         # Group the steps by row; the stable sort keeps each group in step order.
         sorted_rows, order = torch.sort(step_index, stable=True)
         counts = torch.unique_consecutive(sorted_rows, return_counts=True)[1]
         group_start = torch.zeros(counts.shape[0] + 1, dtype=torch.int64, device=device)
         torch.cumsum(counts, 0, out=group_start[1:])
-        _grad_hidden_kernel[(counts.shape[0],)](
+        groups = counts.shape[0]
+
+    if K:
+        _grad_hidden_kernel[(groups,)](
             grad,
             _float32(weight),
             step_index,

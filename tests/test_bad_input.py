@@ -30,6 +30,12 @@ def given_mode(**overrides):
     return kw
 
 
+def rows_mode(**overrides):
+    kw = dict(hidden=torch.randn(3, H), weight=torch.randn(2, H), bias=None, cu_steps=torch.tensor([0, 1, 3]))
+    kw.update(overrides)
+    return kw
+
+
 BAD_CALLS = [
     ("hidden", find_mode(hidden=torch.randn(6, H).long())),
     ("hidden", find_mode(hidden=torch.randn(6, H, 1))),
@@ -61,9 +67,23 @@ BAD_CALLS = [
     ("cu_steps", given_mode(cu_steps=torch.tensor([0, 1, 4]))),
     ("cu_steps", given_mode(cu_steps=torch.tensor([0, 2, 1, 3]))),
     ("cu_steps", given_mode(cu_steps=torch.tensor([1, 3]))),
+    ("hidden", rows_mode(hidden=torch.randn(3, H).long())),
+    ("cu_steps", rows_mode(cu_steps=torch.tensor([0, 1, 2]))),  # ends before the last row
+    ("cu_steps", rows_mode(cu_steps=torch.tensor([0, 1, 4]))),  # ends past it
+    ("cu_steps", rows_mode(cu_steps=torch.tensor([1, 3]))),
+    ("cu_steps", rows_mode(cu_steps=torch.tensor([0, 2, 1, 3]))),
+    ("cu_steps", rows_mode(cu_steps=torch.tensor([], dtype=torch.long))),
+    ("cu_steps", rows_mode(cu_steps=torch.tensor([0.0, 3.0]))),
+    ("cu_steps", rows_mode(cu_steps=torch.tensor([[0, 3]]))),
     ("either", find_mode(step_index=torch.tensor([1]))),
+    ("either", find_mode(cu_steps=torch.tensor([0, 1, 3]))),
     ("either", given_mode(input_ids=torch.zeros(6, dtype=torch.long))),
     ("either", find_mode(cu_seqlens=None)),
+    ("either", rows_mode(input_ids=torch.zeros(3, dtype=torch.long))),
+    ("either", rows_mode(cu_seqlens=torch.tensor([0, 3]))),
+    ("either", rows_mode(sep_token_ids=SEP)),
+    ("either", given_mode(cu_steps=None)),  # step_index alone
+    ("either", rows_mode(cu_steps=None)),  # no steps named at all
 ]
 
 
@@ -73,6 +93,13 @@ BAD_CALLS = [
 def test_bad_input_names_the_argument(cpu_isa, argument, kwargs):
     with pytest.raises(ValueError, match=argument):
         score_steps(**kwargs)
+
+
+def test_rows_mode_cu_steps_must_end_at_the_row_count(cpu_isa):
+    """Rows mode: hidden's rows are the steps, so cu_steps ends at hidden.shape[0]; the error says so."""
+    for cu_steps in (torch.tensor([0, 1, 2]), torch.tensor([0, 1, 4], dtype=torch.int32)):
+        with pytest.raises(ValueError, match=r"cu_steps must end at hidden.shape\[0\] = 3, got"):
+            score_steps(**rows_mode(cu_steps=cu_steps))
 
 
 def test_extension_rechecks_what_it_dereferences():
@@ -99,6 +126,8 @@ def test_extension_rechecks_what_it_dereferences():
         ("step_index", (hidden, weight, None, torch.tensor([1, 0, 3, 0, 5])[::2], cu, 1, 0.5)),
         ("cu_steps", (hidden, weight, None, si, torch.tensor([0, 1, 4]), 1, 0.5)),
         ("cu_steps", (hidden, weight, None, si, torch.tensor([], dtype=torch.long), 1, 0.5)),
+        ("cu_steps", (hidden, weight, None, None, cu, 1, 0.5)),  # rows mode: must end at the 6 rows
+        ("cu_steps", (hidden, weight, None, None, torch.tensor([0, 7, 6]), 1, 0.5)),
         ("positive_class", (hidden, weight, None, si, cu, 2, 0.5)),
     ]
     for argument, args in forward_calls:
@@ -109,6 +138,7 @@ def test_extension_rechecks_what_it_dereferences():
         ("grad_step_logits", (grad.double(), hidden, weight, si)),
         ("grad_step_logits", (grad[:2], hidden, weight, si)),
         ("grad_step_logits", (grad.T.contiguous().T, hidden, weight, si)),
+        ("grad_step_logits", (grad, hidden, weight, None)),  # rows mode: [N, C] = [6, 2]
         ("step_index", (grad, hidden, weight, torch.tensor([1, 3, 6]))),
         ("weight", (grad, hidden, torch.randn(2, H + 1), si)),
     ]
@@ -127,13 +157,14 @@ def test_extension_rechecks_what_it_dereferences():
 
 
 def test_reference_rejects_the_same_step_layouts():
+    """The reference (the spec, which checks values, not dtypes or ranks) rejects every bad step layout of
+    integer vectors, in given and rows mode."""
     for argument, kwargs in BAD_CALLS:
-        layout_error = argument in ("step_index", "cu_steps") and not kwargs["step_index"].is_floating_point()
-        if "step_index" in kwargs and layout_error:
+        steps = kwargs.get("step_index"), kwargs.get("cu_steps")
+        vectors = all(t.dim() == 1 and not t.is_floating_point() for t in steps if t is not None)
+        if argument in ("step_index", "cu_steps") and vectors:
             with pytest.raises(ValueError, match=argument):
-                score_steps_reference(
-                    kwargs["hidden"], kwargs["weight"], None, kwargs["step_index"], kwargs["cu_steps"]
-                )
+                score_steps_reference(kwargs["hidden"], kwargs["weight"], None, *steps)
 
 
 def test_device_mismatch_is_named():

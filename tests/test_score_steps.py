@@ -421,3 +421,186 @@ def test_dispatcher_autograd_with_a_nan_step_matches_the_reference(cpu_isa):
         (torch.where(probs.isnan(), 0, probs).sum() + log_prods[1]).backward()
     assert torch.isfinite(leaf.grad[[0, 3, 4, 5]]).all()
     torch.testing.assert_close(leaf.grad, ref_leaf.grad, equal_nan=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rows mode: hidden is exactly the [K, H] step rows, no step_index.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def step_rows_inputs(rows, **kw):
+    """make_inputs cut down to the step rows: step_rows [K, H], weight, bias and cu_steps [B + 1] int64."""
+    hidden, weight, bias, input_ids, cu = make_inputs(rows, **kw)
+    step_index, cu_steps = find_steps_reference(input_ids, cu, torch.tensor([SEP]))
+    return hidden[step_index], weight, bias, cu_steps
+
+
+def assert_rows_mode_matches(
+    hidden, weight, bias, cu_steps, tol=1e-5, grad_tol=1e-5, reference_grads=True, **kw
+):
+    """Rows mode on hidden [K, H] against given mode with step_index = arange(K) (the same kernel reading the
+    same rows: equal bits) and the reference in rows mode (within tol), forward and loss_of's gradients to
+    hidden, weight and bias. ``reference_grads=False`` skips the reference's gradients, for batches with a NaN
+    step: loss_of zeroes the NaN prod, which autograd through the reference turns into NaN gradients and the op
+    into none. Returns the rows-mode scores."""
+    K = hidden.shape[0]
+    calls = {
+        "rows": lambda h, w, b: score_steps(h, w, b, cu_steps=cu_steps, **kw),
+        "given": lambda h, w, b: score_steps(h, w, b, step_index=torch.arange(K), cu_steps=cu_steps, **kw),
+        "reference": lambda h, w, b: score_steps_reference(h, w, b, None, cu_steps.long(), **kw),
+    }
+    scores, leaves = {}, {}
+    for mode, call in calls.items():
+        leaves[mode] = [
+            None if t is None else t.detach().clone().requires_grad_() for t in (hidden, weight, bias)
+        ]
+        scores[mode] = call(*leaves[mode])
+        loss_of(scores[mode]).backward()
+    rows, given = scores["rows"], scores["given"]
+    assert rows.step_index is None and rows.cu_steps.dtype == torch.int64
+    for name in (*OUTPUTS, "num_steps", "first_error", "cu_steps"):
+        exact = dict(atol=0, rtol=0, equal_nan=True, msg=name)
+        torch.testing.assert_close(getattr(rows, name).detach(), getattr(given, name).detach(), **exact)
+    assert_scores_close(rows, scores["reference"], tol)
+    for i, name in enumerate(("hidden", "weight", "bias")):
+        a, b, r = leaves["rows"][i], leaves["given"][i], leaves["reference"][i]
+        if a is None:
+            continue
+        torch.testing.assert_close(a.grad, b.grad, atol=0, rtol=0, equal_nan=True, msg=f"grad {name}")
+        if reference_grads:
+            torch.testing.assert_close(
+                a.grad.float(), r.grad.float(), atol=grad_tol, rtol=grad_tol, msg=f"grad {name}"
+            )
+    return rows
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("C", [1, 2])
+@pytest.mark.parametrize("cu_dtype", [torch.int32, torch.int64])
+def test_rows_mode_edge_cases(cpu_isa, dtype, C, cu_dtype):
+    """Empty sequences, sequences without steps, length 1, all-separator rows, in every dtype and offset dtype
+    (the C = 1 head without bias, with positive class 0)."""
+    rows = edge_case_rows() + random_rows(torch.Generator().manual_seed(C), 6, 20)
+    hidden, weight, bias, cu_steps = step_rows_inputs(rows, C=C, dtype=dtype, bias=C == 2)
+    grad_tol = 1e-5 if dtype == torch.float32 else 2e-2
+    out = assert_rows_mode_matches(
+        hidden, weight, bias, cu_steps.to(cu_dtype), TOL[dtype], grad_tol, positive_class=C - 1
+    )
+    assert out.num_steps[:8].tolist() == [0, 0, 2, 1, 0, 4, 2, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [0, 3])
+def test_rows_mode_no_steps_at_all(cpu_isa, dtype, B):
+    hidden, weight, bias = torch.empty(0, 16, dtype=dtype), torch.randn(2, 16, dtype=dtype), None
+    out = assert_rows_mode_matches(hidden, weight, bias, torch.zeros(B + 1, dtype=torch.int64), TOL[dtype])
+    assert out.step_logits.shape == (0, 2) and out.num_steps.tolist() == [0] * B
+    assert all(torch.isnan(getattr(out, name)).all() for name in ("min", "prod", "log_prod", "mean", "last"))
+
+
+def test_rows_mode_min_ties_send_gradient_to_first_minimal_step(cpu_isa):
+    hidden = torch.tensor([[1.0], [0.0], [2.0], [0.0]], requires_grad=True)
+    scores = score_steps(hidden, torch.tensor([[1.0]]), cu_steps=torch.tensor([0, 4]))
+    assert scores.min.item() == 0.5
+    scores.min.sum().backward()
+    assert hidden.grad[:, 0].tolist() == [0.0, 0.25, 0.0, 0.0]
+    assert_rows_mode_matches(hidden.detach(), torch.tensor([[1.0]]), None, torch.tensor([0, 4]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_rows_mode_nan_step_is_an_error(cpu_isa, dtype):
+    hidden, weight, step_index, cu_steps = nan_step_batch(dtype)
+    assert torch.equal(step_index, torch.arange(hidden.shape[0]))  # the batch's rows are its steps
+    for threshold, expected in ((0.5, [0, 1, 0]), (0.0, [0, 2, 0])):
+        out = assert_rows_mode_matches(
+            hidden, weight, None, cu_steps, TOL[dtype], reference_grads=False, threshold=threshold
+        )
+        assert out.first_error.tolist() == expected, threshold
+
+
+def test_rows_mode_underflow_stays_finite_in_log_space(cpu_isa):
+    K = 2000
+    out = assert_rows_mode_matches(torch.zeros(K, 4), torch.ones(1, 4), None, torch.tensor([0, K]))
+    assert out.log_prod.item() == pytest.approx(K * math.log(0.5), rel=1e-6) and out.prod.item() == 0.0
+    out = assert_rows_mode_matches(torch.full((3, 1), -200.0), torch.ones(1, 1), None, torch.tensor([0, 3]))
+    assert out.log_prod.item() == pytest.approx(-600.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rows_mode_logits_overflowing_to_inf(cpu_isa, dtype):
+    for C in (1, 2):
+        for sign in (1.0, -1.0):
+            hidden, weight, step_index, cu_steps = overflowing_logits_batch(dtype, C, sign)
+            assert torch.equal(step_index, torch.arange(hidden.shape[0]))
+            out = assert_rows_mode_matches(hidden, weight, None, cu_steps, TOL[dtype])
+            assert out.step_logits[1, C - 1].item() == sign * math.inf
+
+
+def test_rows_mode_non_contiguous_rows(cpu_isa):
+    hidden, weight, bias, cu_steps = step_rows_inputs(edge_case_rows(), H=40)
+    wide = torch.randn(hidden.shape[0], 100)
+    wide[:, 10:50] = hidden
+    for view in (wide[:, 10:50], hidden.T.contiguous().T):
+        assert not view.is_contiguous()
+        assert_rows_mode_matches(view, weight, bias, cu_steps)
+
+
+def test_rows_mode_large_batch_takes_the_parallel_paths(cpu_isa):
+    """K * H > 2^18: the forward and the backward run on OpenMP threads; the backward writes every row of
+    d hidden itself (the session NaN-fills it first)."""
+    rows = random_rows(torch.Generator().manual_seed(12), batch=40, max_len=300, sep_rate=0.3)
+    hidden, weight, bias, cu_steps = step_rows_inputs(rows, H=160, seed=12)
+    assert hidden.shape[0] * 160 > 2**18
+    assert_rows_mode_matches(hidden, weight, bias, cu_steps, grad_tol=1e-4)
+
+
+@pytest.mark.parametrize("C", [1, 2])
+def test_rows_mode_gradcheck_float64(cpu_isa, C):
+    rows = [[1, SEP, 2, SEP], [], [SEP, SEP, 4], [3]]
+    hidden, weight, bias, cu_steps = step_rows_inputs(rows, H=5, C=C, dtype=torch.float64)
+
+    def fn(h, w, b):
+        s = score_steps(h, w, b, cu_steps=cu_steps)
+        finite = s.num_steps > 0
+        return s.step_logits, s.step_probs, s.min[finite], s.log_prod[finite], s.mean[finite], s.last[finite]
+
+    assert torch.autograd.gradcheck(fn, [t.requires_grad_() for t in (hidden, weight, bias)])
+
+
+def test_rows_mode_opcheck_and_dispatcher_autograd(cpu_isa):
+    """The schemas' optional step_index: fake implementations, autograd registration and the dispatcher's
+    route (torch.compile's and CUDA's) in rows mode."""
+    hidden, weight, bias, cu_steps = step_rows_inputs([[1, SEP, 2, SEP], [SEP, 3]], H=8)  # no NaN: opcheck
+    hidden.requires_grad_()
+    torch.library.opcheck(
+        torch.ops.fastprm.score_steps_forward.default, (hidden, weight, bias, None, cu_steps, 1, 0.5)
+    )
+    g = torch.randn(hidden.shape[0], 2)
+    torch.library.opcheck(torch.ops.fastprm.score_steps_backward.default, (g, hidden.detach(), weight, None))
+    outputs = torch.ops.fastprm.score_steps_forward(hidden, weight, bias, None, cu_steps, 1, 0.5)
+    (outputs[1].sum() + outputs[2].sum()).backward()
+    ref_hidden = hidden.detach().clone().requires_grad_()
+    ref = score_steps_reference(ref_hidden, weight, bias, None, cu_steps)
+    (ref.step_probs.sum() + ref.min.sum()).backward()
+    torch.testing.assert_close(hidden.grad, ref_hidden.grad)
+
+
+def test_rows_mode_torch_compile_fullgraph():
+    hidden, weight, bias, cu_steps = step_rows_inputs([[1, SEP, 2, SEP], [], [SEP, 3], [SEP]], H=16)
+
+    def loss(s):
+        return s.step_probs.sum() + torch.nan_to_num(s.min).sum()
+
+    @torch.compile(fullgraph=True)
+    def scored(h, w, b):
+        s = score_steps(h, w, b, cu_steps=cu_steps)
+        return loss(s), s.first_error
+
+    h, h_ref = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    value, first_error = scored(h, weight, bias)
+    value.backward()
+    ref = score_steps_reference(h_ref, weight, bias, None, cu_steps)
+    loss(ref).backward()
+    torch.testing.assert_close(value, loss(ref))
+    torch.testing.assert_close(first_error, ref.first_error)
+    torch.testing.assert_close(h.grad, h_ref.grad)

@@ -78,13 +78,43 @@ def check_against_reference(
     assert_forward_close(out, reference_forward(*args), TOL[hidden.dtype])
     if not backward:
         return out
-    grad = torch.randn(step_index.shape[0], weight.shape[0], generator=torch.Generator().manual_seed(3))
+    grad = step_logits_grad(out)
     assert_backward_close(
         cuda_op("score_steps_backward", grad, hidden, weight, step_index),
         reference_backward(grad, hidden, weight, step_index),
         hidden.dtype,
     )
     return out
+
+
+def step_logits_grad(out) -> torch.Tensor:
+    """A random d loss / d step logits [K, C] for the forward outputs ``out``, in their float dtype."""
+    return torch.randn(out[0].shape, dtype=out[0].dtype, generator=torch.Generator().manual_seed(3))
+
+
+def check_rows_mode(
+    hidden, weight, bias, step_index, cu_steps, positive_class=1, threshold=0.5, backward=True
+):
+    """check_against_reference in rows mode, on the step rows hidden[step_index]; its results are also exactly
+    those of given mode with step_index = arange(K) (the same kernels reading the same rows)."""
+    rows = hidden[step_index]
+    out = check_against_reference(rows, weight, bias, None, cu_steps, positive_class, threshold, backward)
+    arange = torch.arange(rows.shape[0])
+    given = cuda_op("score_steps_forward", rows, weight, bias, arange, cu_steps, positive_class, threshold)
+    pairs = list(zip(out, given))
+    if backward:
+        grad = step_logits_grad(out)
+        pairs += zip(
+            cuda_op("score_steps_backward", grad, rows, weight, None),
+            cuda_op("score_steps_backward", grad, rows, weight, arange),
+        )
+    for a, b in pairs:
+        torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
+    return out
+
+
+# The two ways the backends get the step rows (find mode reaches them as given mode), by mode name.
+CHECKS = {"given": check_against_reference, "rows": check_rows_mode}
 
 
 @pytest.mark.parametrize("id_dtype", [torch.int32, torch.int64])
@@ -121,18 +151,22 @@ def test_find_steps_rejects_bad_cu_seqlens():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("C", [1, 2])
 @pytest.mark.parametrize("positive_class", [0, 1])
-def test_forward_backward_match_reference(dtype, C, positive_class):
+@pytest.mark.parametrize("mode", CHECKS)
+def test_forward_backward_match_reference(dtype, C, positive_class, mode):
     rows = edge_case_rows() + random_rows(torch.Generator().manual_seed(C), 6, 20)
     case = make_case(rows, C=C, dtype=dtype, bias=positive_class == 1, seed=positive_class)
-    check_against_reference(*case, positive_class=positive_class, threshold=0.4)
+    CHECKS[mode](*case, positive_class=positive_class, threshold=0.4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("C", [1, 2])
-def test_gradients_match_reference_autograd(dtype, C):
+@pytest.mark.parametrize("mode", CHECKS)
+def test_gradients_match_reference_autograd(dtype, C, mode):
     """Forward kernels, the shared logit gradient and the backward kernels compose to the reference's
     autograd gradients of a loss on every output."""
     hidden, weight, bias, step_index, cu_steps = make_case(edge_case_rows(), C=C, dtype=dtype, seed=5)
+    if mode == "rows":
+        hidden, step_index = hidden[step_index], None
     leaves = [t.detach().clone().requires_grad_() for t in (hidden, weight, bias)]
     ref = reference_forward(*leaves, step_index, cu_steps, 1, 0.5)
     out = cuda_op("score_steps_forward", hidden, weight, bias, step_index, cu_steps, 1, 0.5)
@@ -154,13 +188,17 @@ def test_gradients_match_reference_autograd(dtype, C):
 
 
 @pytest.mark.parametrize("C", [1, 2])
-def test_without_bias(C):
-    check_against_reference(*make_case(edge_case_rows(), C=C, bias=False))
+@pytest.mark.parametrize("mode", CHECKS)
+def test_without_bias(C, mode):
+    CHECKS[mode](*make_case(edge_case_rows(), C=C, bias=False))
 
 
 @pytest.mark.parametrize("layout", ["column-slice", "transposed"])
-def test_non_contiguous_hidden(layout):
+@pytest.mark.parametrize("mode", CHECKS)
+def test_non_contiguous_hidden(layout, mode):
     hidden, weight, bias, step_index, cu_steps = make_case(edge_case_rows(), H=20)
+    if mode == "rows":  # a strided view of the step rows themselves
+        hidden, step_index = hidden[step_index], None
     if layout == "column-slice":
         wide = torch.randn(hidden.shape[0], 50)
         wide[:, 7:27] = hidden
@@ -171,7 +209,8 @@ def test_non_contiguous_hidden(layout):
     check_against_reference(hidden, weight, bias, step_index, cu_steps)
 
 
-def test_long_sequence_tie_and_log_prod_stays_finite():
+@pytest.mark.parametrize("mode", CHECKS)
+def test_long_sequence_tie_and_log_prod_stays_finite(mode):
     """2,000 steps of p = 0.5 except two tied minima in later reduction blocks: the product underflows but
     log_prod does not, and the first of the tied steps is the min."""
     _, weight, _, step_index, cu_steps = make_case([[SEP] * 2000, [1, SEP]], H=8)
@@ -179,7 +218,7 @@ def test_long_sequence_tie_and_log_prod_stays_finite():
     hidden[step_index[[130, 300]]] = -1.0
     weight = torch.zeros_like(weight)
     weight[1] = 1 / 8  # logits (0, -1) on the two rows, (0, 0) elsewhere
-    out = named(check_against_reference(hidden, weight, None, step_index, cu_steps, backward=False))
+    out = named(CHECKS[mode](hidden, weight, None, step_index, cu_steps, backward=False))
     p = 1 / (1 + math.exp(1))
     assert math.prod([0.5] * 2000) == 0.0
     log_prod = out["log_prod"].tolist()
@@ -191,13 +230,14 @@ def test_long_sequence_tie_and_log_prod_stays_finite():
     assert out["first_error"].tolist() == [130, -1]
 
 
-def test_nan_row_only_affects_its_sequence():
+@pytest.mark.parametrize("mode", CHECKS)
+def test_nan_row_only_affects_its_sequence(mode):
     rows = [[SEP] * 300, [1, SEP, 2, SEP], [SEP, SEP]]
     hidden, weight, bias, step_index, cu_steps = make_case(rows, H=16)
     # Two NaN steps in the second reduction block of sequence 0: the first one is its min.
     hidden[step_index[200], 3] = float("nan")
     hidden[step_index[250], 0] = float("nan")
-    out = named(check_against_reference(hidden, weight, bias, step_index, cu_steps))
+    out = named(CHECKS[mode](hidden, weight, bias, step_index, cu_steps))
     assert out["argmin"][0] == 200
     assert out["first_error"][0] <= 200
     for name in ("min", "log_prod", "prod", "mean"):
@@ -206,13 +246,17 @@ def test_nan_row_only_affects_its_sequence():
         assert torch.isfinite(out[name][1:]).all(), name
 
 
-def test_float64_falls_back_to_reference():
+@pytest.mark.parametrize("mode", CHECKS)
+def test_float64_falls_back_to_reference(mode):
     case = make_case(edge_case_rows(), C=2)
     hidden, weight, bias, step_index, cu_steps = (t.double() if t.is_floating_point() else t for t in case)
+    if mode == "rows":
+        hidden, step_index = hidden[step_index], None
     args = (hidden, weight, bias, step_index, cu_steps, 0, 0.5)
-    for a, b in zip(cuda_op("score_steps_forward", *args), reference_forward(*args)):
+    out = cuda_op("score_steps_forward", *args)
+    for a, b in zip(out, reference_forward(*args)):
         torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
-    grad = torch.randn(step_index.shape[0], 2, dtype=torch.float64)
+    grad = step_logits_grad(out)
     for a, b in zip(
         cuda_op("score_steps_backward", grad, hidden, weight, step_index),
         reference_backward(grad, hidden, weight, step_index),
@@ -254,10 +298,11 @@ def test_backward_sums_steps_sharing_a_row(dtype):
     assert all(torch.equal(a, b) for a, b in zip(out, again))
 
 
-def test_no_steps_at_all():
+@pytest.mark.parametrize("mode", CHECKS)
+def test_no_steps_at_all(mode):
     hidden, weight, bias, step_index, cu_steps = make_case([[], [1, 2], []], C=1)
     assert step_index.shape == (0,)
-    out = named(check_against_reference(hidden, weight, bias, step_index, cu_steps))
+    out = named(CHECKS[mode](hidden, weight, bias, step_index, cu_steps))
     assert out["argmin"].tolist() == out["first_error"].tolist() == [-1, -1, -1]
     assert out["num_steps"].tolist() == [0, 0, 0]
     for name in ("min", "log_prod", "prod", "mean", "last"):
@@ -272,6 +317,10 @@ def test_forward_rejects_malformed_steps():
         )
     with pytest.raises(ValueError, match="out of range"):
         cuda_op("score_steps_forward", hidden, weight, bias, torch.tensor([3]), torch.tensor([0, 1]), 1, 0.5)
+    # Rows mode: hidden's 3 rows are the steps, so cu_steps must end at 3.
+    for cu_steps in (torch.tensor([0, 2]), torch.tensor([0, 4])):
+        with pytest.raises(ValueError, match=r"cu_steps must end at hidden.shape\[0\] = 3"):
+            cuda_op("score_steps_forward", hidden, weight, bias, None, cu_steps, 1, 0.5)
 
 
 def test_fastprm_imports_without_triton():
@@ -282,11 +331,12 @@ def test_fastprm_imports_without_triton():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_a_nan_step_is_an_error(dtype):
+@pytest.mark.parametrize("mode", CHECKS)
+def test_a_nan_step_is_an_error(dtype, mode):
     """NaN first, NaN after a real error, NaN only: a NaN step is never correct, whatever the threshold."""
     hidden, weight, step_index, cu_steps = nan_step_batch(dtype)
     for threshold, expected in ((0.5, [0, 1, 0]), (0.0, [0, 2, 0])):
-        out = named(check_against_reference(hidden, weight, None, step_index, cu_steps, threshold=threshold))
+        out = named(CHECKS[mode](hidden, weight, None, step_index, cu_steps, threshold=threshold))
         assert out["first_error"].tolist() == expected, threshold
 
 
@@ -295,10 +345,11 @@ def test_a_nan_step_is_an_error(dtype):
 @pytest.mark.parametrize("positive_class", [0, 1])
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 # The interpreter's NumPy warns about the overflow that this test makes on purpose.
+@pytest.mark.parametrize("mode", CHECKS)
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-def test_logits_overflowing_to_inf_give_exact_probabilities(dtype, C, positive_class, sign):
+def test_logits_overflowing_to_inf_give_exact_probabilities(dtype, C, positive_class, sign, mode):
     hidden, weight, step_index, cu_steps = overflowing_logits_batch(dtype, C, sign)
-    out = named(check_against_reference(hidden, weight, None, step_index, cu_steps, positive_class))
+    out = named(CHECKS[mode](hidden, weight, None, step_index, cu_steps, positive_class))
     good = (sign > 0) == (positive_class == 1)
     assert out["step_probs"].tolist() == [0.5, 1.0 if good else 0.0, 0.5]
     assert out["log_prod"][0].item() == (pytest.approx(math.log(0.5)) if good else -math.inf)

@@ -267,14 +267,14 @@ class PRM(nn.Module):
         self, step_hidden: torch.Tensor, cu_steps: torch.Tensor, threshold: float = 0.5
     ) -> StepScores:
         """The head and the fused op over step rows: ``step_hidden`` [K, H] (from :meth:`step_hidden_states`)
-        and ``cu_steps`` [B + 1] int64 offsets of each sequence's steps -> :class:`~fastprm.ops.StepScores`."""
+        and ``cu_steps`` [B + 1] int64 offsets of each sequence's steps -> :class:`~fastprm.ops.StepScores`
+        (the op's rows mode: its ``step_index`` is None)."""
         with bf16_matmuls(self.device, self.dtype):
             rows, weight, bias = self.head.project(step_hidden)
         return score_steps(
             rows,
             weight,
             bias,
-            step_index=torch.arange(rows.shape[0], device=rows.device),
             cu_steps=cu_steps,
             positive_class=self.convention.positive_class,
             threshold=threshold,

@@ -16,7 +16,8 @@ from .result import StepScores
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _MODE_ERROR = (
-    "pass either input_ids, cu_seqlens and sep_token_ids (find mode) or step_index and cu_steps (given mode)"
+    "pass either input_ids, cu_seqlens and sep_token_ids (find mode), step_index and cu_steps (given mode) "
+    "or cu_steps alone (rows mode)"
 )
 _SEPARATOR_ERROR = "sep_token_ids must be an int, a sequence of ints or a 1-D integer tensor"
 
@@ -107,13 +108,20 @@ def score_steps(
 ) -> StepScores:
     """Score every step of a packed variable-length batch in one fused pass.
 
-    The step rows are either found (``input_ids`` + ``cu_seqlens`` + ``sep_token_ids``: every row whose id is
-    a separator ends a step) or given (``step_index`` + ``cu_steps``). Only those rows are read: they are
-    projected through the head, turned into P(step good), and reduced per sequence.
+    The step rows are given in one of three ways (modes), by the keyword arguments passed:
+
+    - find mode, ``input_ids`` + ``cu_seqlens`` + ``sep_token_ids``: hidden is [N, H], the packed batch, and
+      every row whose id is a separator ends a step;
+    - given mode, ``step_index`` + ``cu_steps``: hidden is [N, H] and the steps are its rows ``step_index``;
+    - rows mode, ``cu_steps`` alone: hidden is [K, H], exactly the step rows in order (sequence b's steps are
+      rows ``cu_steps[b]:cu_steps[b + 1]``), e.g. what :meth:`fastprm.models.PRM.step_hidden_states` returns.
+
+    Only the step rows are read: they are projected through the head, turned into P(step good), and reduced per
+    sequence.
 
     Args:
-        hidden: [N, H] float32 / bfloat16 / float16 (float64 for gradcheck) hidden states of the packed batch;
-            any strides.
+        hidden: [N, H] (find and given mode) or [K, H] (rows mode) float32 / bfloat16 / float16 (float64 for
+            gradcheck) hidden states; any strides.
         weight: [C, H] head, any float dtype (used in float32, float64 for float64 hidden). C = 1:
             P(good) = sigmoid(logit); C = 2: softmax over the two logits.
         bias: [C] or None.
@@ -122,14 +130,16 @@ def score_steps(
         sep_token_ids: separator id(s) (find mode).
         step_index: [K] int32/int64 flat rows of the steps, strictly ascending within each sequence (given
             mode).
-        cu_steps: [B + 1] int32/int64 offsets of each sequence's steps in step_index (given mode).
+        cu_steps: [B + 1] int32/int64 offsets of each sequence's steps, 0 .. K, non-decreasing: into
+            step_index (given mode) or into the rows of hidden, so ending at hidden.shape[0] (rows mode).
         positive_class: the class whose probability is P(good): 0 or 1 (C = 1: 1 means sigmoid(logit), 0 means
             sigmoid(-logit)).
         threshold: ``first_error`` is the first step whose probability is below it. A step whose probability
             is NaN is never correct: it counts as an error whatever the threshold.
 
     Returns:
-        :class:`StepScores` (float32 outputs, float64 for float64 hidden; step_index and cu_steps int64).
+        :class:`StepScores` (float32 outputs, float64 for float64 hidden; step_index and cu_steps int64,
+        step_index None in rows mode).
         Gradients flow from step_logits, step_probs, min (to the first minimal step), prod/log_prod, mean and
         last to hidden, weight and bias.
 
@@ -168,11 +178,15 @@ def score_steps(
             raise ValueError(f"input_ids must be [N] = [{hidden.shape[0]}] (one id per hidden row)")
         step_index, cu_steps = find_steps(input_ids, cu_seqlens, sep_token_ids)
     else:
-        if step_index is None or cu_steps is None:
+        if cu_steps is None:
             raise ValueError(_MODE_ERROR)
-        _check_tensor(step_index, "step_index", 1, _INDEX_DTYPES, device)
         _check_offsets_tensor(cu_steps, "cu_steps", device)
-        step_index, cu_steps = _as_int64(step_index).contiguous(), _as_int64(cu_steps).contiguous()
+        cu_steps = _as_int64(cu_steps).contiguous()
+        # Without step_index (rows mode) hidden holds exactly the step rows; the backend checks that cu_steps
+        # ends at its row count, where it reads cu_steps anyway.
+        if step_index is not None:
+            _check_tensor(step_index, "step_index", 1, _INDEX_DTYPES, device)
+            step_index = _as_int64(step_index).contiguous()
 
     outputs = schema.score_steps_forward(
         hidden, weight, bias, step_index, cu_steps, int(positive_class), float(threshold)

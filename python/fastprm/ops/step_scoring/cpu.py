@@ -24,7 +24,8 @@ def find_steps(input_ids, cu_seqlens, sep_token_ids):
 def score_steps_forward(hidden, weight, bias, step_index, cu_steps, positive_class, threshold):
     """``fastprm::score_steps_forward`` (spec: ``reference_forward``). hidden [N, H] float32 / bfloat16 /
     float16 / float64 with any strides; weight [C, H] and bias [C] of any float dtype and layout (used in the
-    accumulator dtype); step_index [K] and cu_steps [B + 1] int64."""
+    accumulator dtype); step_index [K] int64, or None in rows mode (hidden is [K, H], row k is step k);
+    cu_steps [B + 1] int64."""
     if native is None:
         check_steps(step_index, cu_steps, hidden.shape[0])
         return reference_forward(hidden, weight, bias, step_index, cu_steps, positive_class, threshold)
@@ -33,8 +34,8 @@ def score_steps_forward(hidden, weight, bias, step_index, cu_steps, positive_cla
 
 def score_steps_backward(grad_step_logits, hidden, weight, step_index):
     """``fastprm::score_steps_backward`` (spec: ``reference_backward``): grad_step_logits [K, C] contiguous in
-    the accumulator dtype -> grad_hidden [N, H] (hidden's dtype, contiguous), grad_weight [C, H], grad_bias
-    [C]."""
+    the accumulator dtype and step_index [K] int64 or None (rows mode) -> grad_hidden [N, H] (hidden's dtype,
+    contiguous), grad_weight [C, H], grad_bias [C]."""
     if native is None:
         return reference_backward(grad_step_logits, hidden, weight, step_index)
     return native.score_backward(grad_step_logits, hidden, weight, step_index)

@@ -96,11 +96,16 @@ def reduce_steps(
     return min_, log_prod, torch.exp(log_prod), mean, last, first_error, num_steps, argmin
 
 
+def step_rows(hidden: torch.Tensor, step_index: torch.Tensor | None) -> torch.Tensor:
+    """The [K, H] step rows: ``hidden[step_index]``, or hidden itself in rows mode (step_index None)."""
+    return hidden if step_index is None else hidden[step_index]
+
+
 def reference_forward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    step_index: torch.Tensor,
+    step_index: torch.Tensor | None,
     cu_steps: torch.Tensor,
     positive_class: int,
     threshold: float,
@@ -109,7 +114,7 @@ def reference_forward(
     step_probs [K], then :func:`reduce_steps`'s. Floats are float32 (float64 for float64 hidden); no two
     outputs share memory (a registered op's outputs may not alias)."""
     compute = accumulator_dtype(hidden.dtype)
-    logits = hidden[step_index].to(compute) @ weight.to(compute).T
+    logits = step_rows(hidden, step_index).to(compute) @ weight.to(compute).T
     if bias is not None:
         logits = logits + bias.to(compute)
     probs, log_probs = step_probabilities(logits, positive_class)
@@ -117,18 +122,23 @@ def reference_forward(
 
 
 def reference_backward(
-    grad_step_logits: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, step_index: torch.Tensor
+    grad_step_logits: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    step_index: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Projects d loss / d step logits [K, C] back to hidden [N, H], weight [C, H] and bias [C].
 
     Same contract as ``fastprm::score_steps_backward``: grad_hidden in hidden's dtype, the rest float32
     (float64 for float64 hidden).
     """
-    rows = hidden[step_index].to(grad_step_logits.dtype)
-    grad_hidden = torch.zeros_like(hidden, memory_format=torch.contiguous_format)
-    grad_hidden.index_add_(
-        0, step_index, (grad_step_logits @ weight.to(grad_step_logits.dtype)).to(hidden.dtype)
-    )
+    rows = step_rows(hidden, step_index).to(grad_step_logits.dtype)
+    grad_rows = (grad_step_logits @ weight.to(grad_step_logits.dtype)).to(hidden.dtype)
+    if step_index is None:  # rows mode: row k of hidden is step k, so every row gets its step's gradient
+        grad_hidden = grad_rows.contiguous()
+    else:
+        grad_hidden = torch.zeros_like(hidden, memory_format=torch.contiguous_format)
+        grad_hidden.index_add_(0, step_index, grad_rows)
     return grad_hidden, grad_step_logits.T @ rows, grad_step_logits.sum(0)
 
 
@@ -136,7 +146,7 @@ def score_steps_reference(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    step_index: torch.Tensor,
+    step_index: torch.Tensor | None,
     cu_steps: torch.Tensor,
     positive_class: int = 1,
     threshold: float = 0.5,
@@ -146,8 +156,9 @@ def score_steps_reference(
     Args:
         hidden: [N, H] float rows; computed in float32 (float64 stays float64).
         weight: [C, H] head, C in {1, 2}. bias: [C] or None.
-        step_index: [K] int64 rows of the steps, ascending within each sequence.
-        cu_steps: [B + 1] int64 offsets of each sequence's steps.
+        step_index: [K] int64 rows of the steps, ascending within each sequence; or None (rows mode):
+            hidden is [K, H], exactly the step rows in order.
+        cu_steps: [B + 1] int64 offsets of each sequence's steps (ending at N in rows mode).
 
     Returns:
         StepScores; gradients flow to hidden, weight and bias through plain autograd.

@@ -22,7 +22,8 @@ class StepScores:
     Attributes:
         step_logits: [K, C] head logits of every step row.
         step_probs: [K] probability that each step is good.
-        step_index: [K] int64 flat row of each step in the packed batch.
+        step_index: [K] int64 flat row of each step in the packed batch; None in rows mode (step k is row k
+            of the [K, H] hidden states that were scored).
         cu_steps: [B + 1] int64 offsets of each sequence's steps in the K axis.
         num_steps: [B] int64 steps per sequence.
         min: [B] smallest step probability (the first NaN step, if any, wins; the first of tied minima
@@ -37,7 +38,7 @@ class StepScores:
 
     step_logits: torch.Tensor
     step_probs: torch.Tensor
-    step_index: torch.Tensor
+    step_index: torch.Tensor | None
     cu_steps: torch.Tensor
     num_steps: torch.Tensor
     min: torch.Tensor
@@ -49,7 +50,7 @@ class StepScores:
 
     @classmethod
     def from_op_outputs(
-        cls, outputs: tuple[torch.Tensor, ...], step_index: torch.Tensor, cu_steps: torch.Tensor
+        cls, outputs: tuple[torch.Tensor, ...], step_index: torch.Tensor | None, cu_steps: torch.Tensor
     ) -> StepScores:
         """Builds the result from the outputs of ``fastprm::score_steps_forward`` (its trailing argmin is
         internal: the backward's record of which step is the min)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ...kernels.contract import accumulator_dtype
+from ...kernels.contract import accumulator_dtype, step_count
 from . import cpu, cuda
 from .grad import OutputGrads, step_logit_grad
 
@@ -25,14 +25,15 @@ FORWARD_OUTPUTS = (
 )  # fmt: skip
 _INTEGER_OUTPUTS = slice(FORWARD_OUTPUTS.index("first_error"), len(FORWARD_OUTPUTS))
 
+# step_index is None in rows mode (forward and backward): hidden holds exactly the step rows, row k being step k.
 torch.library.define(
     "fastprm::score_steps_forward",
-    "(Tensor hidden, Tensor weight, Tensor? bias, Tensor step_index, Tensor cu_steps, int positive_class, "
+    "(Tensor hidden, Tensor weight, Tensor? bias, Tensor? step_index, Tensor cu_steps, int positive_class, "
     "float threshold) -> (" + ", ".join(f"Tensor {name}" for name in FORWARD_OUTPUTS) + ")",
 )
 torch.library.define(
     "fastprm::score_steps_backward",
-    "(Tensor grad_step_logits, Tensor hidden, Tensor weight, Tensor step_index) "
+    "(Tensor grad_step_logits, Tensor hidden, Tensor weight, Tensor? step_index) "
     "-> (Tensor grad_hidden, Tensor grad_weight, Tensor grad_bias)",
 )
 
@@ -53,7 +54,7 @@ def _find_steps_fake(input_ids, cu_seqlens, sep_token_ids):
 
 @torch.library.register_fake("fastprm::score_steps_forward")
 def _forward_fake(hidden, weight, bias, step_index, cu_steps, positive_class, threshold):
-    K, B, C = step_index.shape[0], cu_steps.shape[0] - 1, weight.shape[0]
+    K, B, C = step_count(step_index, hidden.shape[0]), cu_steps.shape[0] - 1, weight.shape[0]
     acc = accumulator_dtype(hidden.dtype)
     return (
         hidden.new_empty(K, C, dtype=acc),
