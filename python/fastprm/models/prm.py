@@ -17,7 +17,7 @@ from torch import nn
 from ..ops import StepScores, score_steps
 from ..tokenization import StepTokenizer
 from . import varlen_attention
-from .checkpoint import load_backbone, load_config, load_tokenizer
+from .checkpoint import checkpoint_errors, load_backbone, load_config, load_tokenizer
 from .conventions import CONVENTIONS, FASTPRM_CONFIG, Convention, get_convention, saved_by_fastprm
 from .cpu_bf16 import bf16_matmuls, native_bf16
 from .heads import Head, build_head, head_class
@@ -109,8 +109,6 @@ class PRM(nn.Module):
                 problem (no config, unknown architecture, missing, half or corrupt weights, no tokenizer, a
                 tokenizer without the convention's special separator, an LM head neither stored nor tied).
         """
-        from .checkpoint import checkpoint_errors
-
         path = Path(path)
         with checkpoint_errors(path):
             conv = get_convention(convention, path).with_overrides(
