@@ -106,12 +106,18 @@ ROW_PROBLEMS = [PROBLEMS[0], PROBLEMS[1], PROBLEMS[2], PROBLEMS[0], PROBLEMS[2]]
 def test_rows_of_one_problem_share_its_prompt_and_score_the_same(qwen_prm_dir, monkeypatch):
     prm = PRM.from_pretrained(qwen_prm_dir, dtype=torch.float32)
     plain = prm.score(ROW_PROBLEMS, SOLUTIONS, share_prefix=False)
-    prefixes = []
+    runs = []  # (tokens run, tokens of the cache they follow)
     cache_of = prm.prefix_cache
-    monkeypatch.setattr(prm, "prefix_cache", lambda ids: prefixes.append(ids[0].tolist()) or cache_of(ids))
+
+    def counted(ids, after=None):
+        runs.append((ids.shape[1], 0 if after is None else after.get_seq_length()))
+        return cache_of(ids, after=after)
+
+    monkeypatch.setattr(prm, "prefix_cache", counted)
     shared = prm.score(ROW_PROBLEMS, SOLUTIONS)
-    assert len(prefixes) == 3 and len({tuple(p) for p in prefixes}) == 3  # one prompt run per problem
-    assert min(len(p) for p in prefixes) > 20  # system prompt, chat header and the problem
+    header, *problems = runs
+    assert header[0] > 20 and header[1] == 0  # system prompt and chat header, once
+    assert len(problems) == 3 and all(after == header[0] for _, after in problems)  # each problem once
     for a, b in zip(plain, shared):
         torch.testing.assert_close(
             torch.tensor(b.step_scores), torch.tensor(a.step_scores), atol=1e-5, rtol=0

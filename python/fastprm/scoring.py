@@ -21,6 +21,8 @@ from .packing import cu_seqlens, pack_rows, pad_rows
 from .tokenization import StepTokenizer, TokenizedSolution
 
 if TYPE_CHECKING:
+    from transformers import Cache
+
     from .models.prm import PRM
     from .ops import StepScores
 
@@ -66,9 +68,10 @@ class Scorer:
             sequence with per-row position_ids) or ``padded`` (right-padded [B, T] with a mask); default
             :func:`~fastprm.batching.default_layout`. Step scores do not depend on it (tested to 1e-5 in fp32).
         share_prefix: in the ``rows`` layout, rows with the same prompt (template + problem: best-of-N
-            candidates, or any rows of one problem) run that prompt once and reuse its keys and values. Every
-            row is split at its prompt whether or not another row shares it, so a row's scores are the same
-            bits alone or in any batch. Default: on, unless compiling.
+            candidates, or any rows of one problem) run that prompt once per call and reuse its keys and
+            values, and the template's header (system prompt, chat header) runs once for the scorer's life.
+            Every row is split at its header and its prompt whether or not another row shares them, so a
+            row's scores are the same bits alone or in any batch. Default: on, unless compiling.
         compile: run the backbone's layers through ``torch.compile(dynamic=True)`` (see
             :func:`~fastprm.models.step_rows.compile_backbone`).
     """
@@ -103,6 +106,7 @@ class Scorer:
             prm.tokenizer, prm.convention, max_length=max_length, truncation=truncation
         )
         self.pad_id = prm.tokenizer.pad_token_id if prm.tokenizer.pad_token_id is not None else 0
+        self._header: tuple[tuple[int, ...], Cache] | None = None  # the template header's ids and cache
 
     def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]]) -> list[SolutionScores]:
         """Per-solution step scores, in input order. A bad row raises
@@ -136,7 +140,7 @@ class Scorer:
     def _score_rows(self, rows: Sequence[TokenizedSolution]) -> list[SolutionScores]:
         """The ``rows`` layout: one unpadded forward, head and op call per row, so no row's result depends on
         another's. With ``share_prefix`` each row runs after the cached keys and values of its prompt,
-        computed once per distinct prompt (one cache alive at a time)."""
+        computed once per distinct prompt (one prompt's cache alive at a time)."""
         device = self.prm.device
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, r in enumerate(rows):
@@ -145,7 +149,7 @@ class Scorer:
         hidden_size = self.prm.backbone.config.hidden_size
         results: list[SolutionScores | None] = [None] * len(rows)
         for prompt, members in groups.items():
-            prefix = self.prm.prefix_cache(torch.tensor([prompt], device=device)) if prompt else None
+            prefix = self._prompt_cache(prompt, rows[members[0]].template_length)
             for i in members:
                 row = rows[i]
                 if row.step_ends:
@@ -160,6 +164,20 @@ class Scorer:
                 )[0]
             del prefix
         return results  # type: ignore[return-value]
+
+    def _prompt_cache(self, prompt: tuple[int, ...], header_length: int) -> Cache | None:
+        """Keys and values of ``prompt`` (None when empty): its first ``header_length`` tokens, the template's
+        header, from the cache kept for the scorer's life, and the rest computed now on top of them."""
+        if not prompt:
+            return None
+        header, rest = prompt[:header_length], prompt[header_length:]
+        device = self.prm.device
+        if header and (self._header is None or self._header[0] != header):
+            self._header = (header, self.prm.prefix_cache(torch.tensor([header], device=device)))
+        cache = self._header[1] if header else None
+        if rest:
+            cache = self.prm.prefix_cache(torch.tensor([rest], device=device), after=cache)
+        return cache
 
 
 def _solution_scores(scores: StepScores, rows: list[TokenizedSolution]) -> list[SolutionScores]:

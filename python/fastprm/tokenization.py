@@ -35,6 +35,8 @@ class TokenizedSolution:
         step_ends: position in ``input_ids`` of the token that scores each step (its last separator token).
         prompt_length: tokens before the first step (template + problem): rows with equal prompts share
             their keys and values when scored (0 for pre-tokenized rows, whose prompt is unknown).
+        template_length: the first tokens, which every row of the convention starts with (a chat template's
+            system prompt and header; a bos token): they are computed once per scorer.
         prompt_tokens_dropped: tokens cut from the left of the problem to fit ``max_length``.
         steps_dropped: trailing steps dropped to fit ``max_length`` (they get no score).
     """
@@ -42,6 +44,7 @@ class TokenizedSolution:
     input_ids: list[int]
     step_ends: list[int]
     prompt_length: int = 0
+    template_length: int = 0
     prompt_tokens_dropped: int = 0
     steps_dropped: int = 0
 
@@ -237,7 +240,7 @@ class StepTokenizer:
             ids += self.separator_ids
             ends.append(len(ids) - 1)
         ids += tail
-        return TokenizedSolution(ids, ends, prompt_length, dropped_prompt, dropped_steps)
+        return TokenizedSolution(ids, ends, prompt_length, len(head), dropped_prompt, dropped_steps)
 
     def _too_long(self, total: int) -> str:
         what = f"{total} tokens exceed max_length={self.max_length}"

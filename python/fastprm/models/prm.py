@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import inspect
@@ -236,14 +237,17 @@ class PRM(nn.Module):
             prefix.crop(-appended)  # drops what this row appended (a negative count in every transformers)
         return out.last_hidden_state
 
-    def prefix_cache(self, prefix_ids: torch.Tensor):
+    def prefix_cache(self, prefix_ids: torch.Tensor, after=None):
         """Keys and values of a token prefix [1, P] that many rows share (a problem scored with many
         solutions), for :meth:`hidden_states` / :meth:`step_hidden_states` ``(..., prefix=...)``: it is
-        computed once, and each row then runs only its own tokens. A transformers ``Cache``. Nothing reads
-        the prefix's own outputs, so its last layer stops after attention (zero step rows)."""
+        computed once, and each row then runs only its own tokens. A transformers ``Cache``. ``after``: the
+        cache of tokens that come before the prefix (a chat header cached once); the result holds both, and
+        ``after`` is copied, never changed. Nothing reads the prefix's own outputs, so its last layer stops
+        after attention (zero step rows)."""
         no_rows = torch.empty(0, dtype=torch.long, device=prefix_ids.device)
+        earlier = {} if after is None else {_cache_argument(type(self.backbone)): copy.deepcopy(after)}
         with last_layer_at_rows(self.backbone, no_rows), bf16_matmuls(self.device, self.dtype):
-            out = self.backbone(input_ids=prefix_ids, use_cache=True)
+            out = self.backbone(input_ids=prefix_ids, use_cache=True, **earlier)
         return out.cache if hasattr(out, "cache") else out.past_key_values
 
     def step_hidden_states(
