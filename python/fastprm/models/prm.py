@@ -246,7 +246,12 @@ class PRM(nn.Module):
         after attention (zero step rows)."""
         no_rows = torch.empty(0, dtype=torch.long, device=prefix_ids.device)
         earlier = {} if after is None else {_cache_argument(type(self.backbone)): copy.deepcopy(after)}
-        with last_layer_at_rows(self.backbone, no_rows), bf16_matmuls(self.device, self.dtype):
+        # No gradients: a cache serves scoring, and its tensors must be copyable (``after``).
+        with (
+            torch.no_grad(),
+            last_layer_at_rows(self.backbone, no_rows),
+            bf16_matmuls(self.device, self.dtype),
+        ):
             out = self.backbone(input_ids=prefix_ids, use_cache=True, **earlier)
         return out.cache if hasattr(out, "cache") else out.past_key_values
 
