@@ -91,6 +91,22 @@ def test_a_prefix_cache_gives_the_hidden_states_of_the_whole_row(name, rest_leng
         torch.testing.assert_close(got, whole[rows], rtol=1e-5, atol=1e-5)
 
 
+def test_a_prefix_cache_extends_a_copy_of_the_cache_before_it():
+    """prefix_cache(ids, after=cache): the cache of a header, then of a problem on top of a copy of it; works
+    outside inference mode too (the header cache is never changed, so it serves every problem)."""
+    prm = _prm("qwen2")
+    header, problem, rest = [5, 9, 2], [7, 7, 1], [3, 3, 8, 4]
+    whole = prm.hidden_states(torch.tensor([header + problem + rest]))[0, -len(rest) :].detach()
+    header_cache = prm.prefix_cache(torch.tensor([header]))
+    for _ in range(2):
+        cache = prm.prefix_cache(torch.tensor([problem]), after=header_cache)
+        assert header_cache.get_seq_length() == len(header) and cache.get_seq_length() == len(
+            header + problem
+        )
+        got = prm.hidden_states(torch.tensor([rest]), prefix=cache)[0]
+        torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-5)
+
+
 PROBLEMS = ["What is 2 + 3?", "How many eggs are left after three were eaten?", "Is 7 prime?"]
 SOLUTIONS = [
     ["2 + 3 = 5.", "The answer is 5."],
