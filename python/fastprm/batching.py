@@ -34,11 +34,13 @@ LAYOUTS = ("rows", "packed", "padded")
 
 
 def default_layout(prm) -> str:
-    """How a :class:`Scorer` forms backbone batches by default.
+    """How a :class:`~fastprm.scoring.Scorer` forms backbone batches by default.
 
-    ``rows`` on CPU: one unpadded, mask-free forward per row, the fastest measured there
-    (benchmarks/results/bench_score.md); ``packed`` when the backbone's attention is flash-attention 2, which
-    runs a [1, N] varlen batch without padding; else ``padded`` length-sorted batches.
+    ``rows`` on CPU: one unpadded, mask-free forward per row. Measured the fastest of the three layouts on an
+    AVX2 AMD EPYC (Zen 3) and on an AVX-512 + AVX512-BF16 AMD EPYC (Zen 5), fp32 and bf16
+    (benchmarks/results/bench_score*.md); not measured on AMX CPUs. ``packed`` when the backbone's attention
+    is flash-attention 2, which runs a [1, N] varlen batch without padding; else ``padded`` length-sorted
+    batches.
     """
     if prm.device.type == "cpu":
         return "rows"
