@@ -164,6 +164,14 @@ def test_train_cli_from_a_new_model_config_then_score(tmp_path):
     )
     scored = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert len(scored) == 12 and all(len(r["scores"]["step_scores"]) == 2 for r in scored)
+    # --seed also draws a new model's random weights: the same seed trains the same model, another does not
+    from safetensors.torch import load_file
+
+    for name, seed in [("first", "42"), ("again", "42"), ("other", "7")]:
+        assert main([*args, "--output", str(tmp_path / name), "--max-steps", "1", "--seed", seed]) == 0
+    first, again, other = (load_file(tmp_path / n / "model.safetensors") for n in ("first", "again", "other"))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
 def test_lora_with_gradient_checkpointing_trains_adapters_and_saves_merged(qwen_prm_dir, tmp_path):

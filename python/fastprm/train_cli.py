@@ -137,11 +137,13 @@ def training_arguments(args: argparse.Namespace, has_eval: bool):
 
 def train(args: argparse.Namespace) -> int:
     import torch
+    from transformers import set_seed
 
     from .training import PRMTrainer
 
     try:
         check_options(args)
+        set_seed(args.seed)  # before the model: a new model's random weights come from --seed too
         prm = load_model(args.model, getattr(torch, args.dtype))
         train_data, eval_data = datasets(args, prm)
         training_args = training_arguments(args, eval_data is not None)
