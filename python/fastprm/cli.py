@@ -31,7 +31,7 @@ from .io import (
     read_rows,
 )
 from .metrics import AGGREGATES
-from .models.conventions import CONVENTIONS
+from .models.conventions import CONVENTION_NAMES
 from .tokenization import TRUNCATION_MODES, RowError
 from .training.label_modes import LABEL_MODES
 
@@ -283,7 +283,7 @@ def _add_score(sub) -> None:
         required=True,
         help="JSONL: each input row plus its 'scores' (written to a temporary file, renamed at the end)",
     )
-    p.add_argument("--convention", default="auto", choices=["auto", "fastprm", *CONVENTIONS])
+    p.add_argument("--convention", default="auto", choices=CONVENTION_NAMES)
     p.add_argument("--threshold", type=probability, default=0.5, help="first_error threshold (default 0.5)")
     p.add_argument(
         "--split-steps",

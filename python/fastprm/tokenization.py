@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .io import not_utf8
 from .models.conventions import PLAIN, PROBLEM_NEWLINE, QUESTION_SPACE, QWEN_CHAT, Convention
 
 TRUNCATION_MODES = ("error", "left-truncate-prompt", "drop-steps")
@@ -53,12 +54,8 @@ def _check_text(text: object, what: str, row: int) -> None:
     """A RowError unless ``text`` is a str that can be encoded (a lone surrogate such as "\\ud800" cannot)."""
     if not isinstance(text, str):
         raise RowError(row, f"{what} must be a string, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise RowError(
-            row, f"{what} is not valid Unicode text ({err.reason} at character {err.start})"
-        ) from None
+    if not_utf8(text):
+        raise RowError(row, f"{what} is not valid Unicode text (a lone surrogate)")
 
 
 def check_row(problem: object, steps: object, row: int) -> None:

@@ -116,6 +116,10 @@ CONVENTIONS: dict[str, Convention] = {
 }
 
 
+# What ``convention=`` accepts: detect it, fastprm's own format, or a family by name.
+CONVENTION_NAMES = ("auto", "fastprm", *CONVENTIONS)
+
+
 def saved_by_fastprm(path: str | Path) -> bool:
     """Whether ``path`` is a checkpoint in fastprm's own format (it has ``fastprm_config.json``)."""
     return (Path(path) / FASTPRM_CONFIG).exists()
@@ -158,7 +162,7 @@ def get_convention(name: str, path: str | Path) -> Convention:
     """The convention of the checkpoint at ``path``: ``auto`` detects it, ``fastprm`` requires fastprm's own
     format, a built-in name picks that convention. A checkpoint saved by fastprm keeps its saved convention
     (separator and template included): naming a different one is an error."""
-    if name not in ("auto", "fastprm", *CONVENTIONS):
+    if name not in CONVENTION_NAMES:
         raise ValueError(
             f"unknown convention {name!r}; expected 'auto', 'fastprm' or one of {sorted(CONVENTIONS)}"
         )

@@ -39,7 +39,13 @@ class Head(nn.Module):
     def from_checkpoint(cls, path: Path, prefix: str, convention: Convention, config, tokenizer) -> Head:
         """The head stored under ``prefix + "."`` in the checkpoint at ``path``, named as fastprm saves it
         or as the family's checkpoints do. ``config`` is the backbone's transformers config."""
-        tensors = read_tensors(path, prefix)
+        return cls._from_tensors(read_tensors(path, prefix), prefix, convention, config)
+
+    @classmethod
+    def _from_tensors(
+        cls, tensors: dict[str, torch.Tensor], prefix: str, convention: Convention, config
+    ) -> Head:
+        """The head from its checkpoint tensors (names without ``prefix``), in either naming."""
         if not tensors:
             raise ValueError(f"no head tensors under '{prefix}.*' for the {convention.name} convention")
         out = tensors.get("out.weight", tensors.get(cls.ORIGINAL_NAMES["out.weight"]))
@@ -141,7 +147,7 @@ class LMPairHead(Head):
         ``lm_head.weight`` [V, H], or the input embeddings when the config ties them to the LM head."""
         tensors = read_tensors(path, prefix)
         if "out.weight" in tensors:
-            return super().from_checkpoint(path, prefix, convention, config, tokenizer)
+            return cls._from_tensors(tensors, prefix, convention, config)
         lm_head = tensors.get("weight")
         if lm_head is None:
             if not getattr(config, "tie_word_embeddings", False):

@@ -185,9 +185,11 @@ class PRM(nn.Module):
         path = Path(path)
         config = self.backbone.config
         tensors = {f"model.{k}": v for k, v in self.backbone.state_dict().items()}
+        files: dict[str, str] = {}  # more files of the format: name -> text
         if format == "fastprm":
             tensors.update({f"{FASTPRM_HEAD_PREFIX}.{k}": v for k, v in self.head.state_dict().items()})
             own = {"convention": self.convention.to_json(), "num_classes": self.num_classes}
+            files[FASTPRM_CONFIG] = json.dumps(own, indent=2) + "\n"
         elif format == "original":
             family = CONVENTIONS.get(self.convention.name)
             if family is None:
@@ -201,9 +203,9 @@ class PRM(nn.Module):
             config.num_labels = self.num_classes
         else:
             raise ValueError(f"format must be 'fastprm' or 'original', got {format!r}")
-        path.mkdir(parents=True, exist_ok=True)
-        if format == "fastprm":
-            (path / FASTPRM_CONFIG).write_text(json.dumps(own, indent=2) + "\n")
+        path.mkdir(parents=True, exist_ok=True)  # only once the format's layout is known to exist
+        for name, text in files.items():
+            (path / name).write_text(text)
         config.save_pretrained(path)
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
