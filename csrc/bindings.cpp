@@ -38,7 +38,7 @@ void set_isa(const std::string& name) {
       g_isa = isa;
       return;
     }
-  throw py::value_error(std::string("this CPU does not support the ISA '") + name + "'");
+  throw py::value_error(std::string("the running CPU does not support the ISA '") + name + "'");
 }
 
 std::vector<std::string> available_isas() {
@@ -331,7 +331,7 @@ PYBIND11_MODULE(_C, m) {
   g_torch = t;
   g_isa = supported_isas().back();
 
-  m.def("available_isas", &available_isas, "ISAs this CPU can run, best last");
+  m.def("available_isas", &available_isas, "ISAs the running CPU supports, best last");
   m.def("set_isa", &set_isa, py::arg("name"), "Force the ISA used by every kernel (as FASTPRM_CPU_ISA does)");
   m.def("selected_isa", [] { return std::string(isa_name(g_isa)); });
   m.def(

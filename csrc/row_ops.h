@@ -47,7 +47,7 @@ RowOps row_ops(DType dtype, bool native_bf16);
 }
 #endif
 
-// ISAs this CPU can run, best last.
+// ISAs the running CPU supports, best last.
 std::vector<Isa> supported_isas();
 const char* isa_name(Isa isa);
 // Parses a name as accepted by FASTPRM_CPU_ISA; returns false on an unknown name.

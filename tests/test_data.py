@@ -29,7 +29,7 @@ GOOD = {"prompt": "1+1?", "completions": ["1+1=2.", "The answer is 2."], "labels
 def shared(*parts: str) -> Path:
     path = DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is absent (the shared real-data folder is not on this machine)")
+        pytest.skip(f"{path} is absent (the shared real-data folder is not beside the project)")
     return path
 
 

@@ -1,4 +1,4 @@
-"""The fused op (C++ CPU path, every ISA this CPU runs) against the pure-PyTorch reference."""
+"""The fused op (C++ CPU path, every ISA the test machine runs) against the pure-PyTorch reference."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Loads the C++ extension ``fastprm._C`` and selects its CPU code path.
 
-``FASTPRM_CPU_ISA`` (portable | avx2 | avx512 | avx512_bf16) forces a path; by default the best one this CPU
-runs is used. When the extension is missing, the pure-PyTorch reference takes over after one warning.
+``FASTPRM_CPU_ISA`` (portable | avx2 | avx512 | avx512_bf16) forces a path; by default the best one the
+running CPU supports is used. When the extension is missing, the pure-PyTorch reference takes over after one warning.
 """
 
 from __future__ import annotations
@@ -42,5 +42,5 @@ native: ModuleType | None = _load()
 
 
 def available_isas() -> list[str]:
-    """CPU code paths of the C++ extension that this machine can run, best last."""
+    """CPU code paths of the C++ extension that the running CPU supports, best last."""
     return native.available_isas() if native else []

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Cross-builds every C++ source for aarch64 (the CMake selection: no x86 ISA files) and runs the portable
-# kernels under qemu, comparing their output with the same program built for this machine.
+# kernels under qemu, comparing their output with the same program built for the host.
 # Needs Debian's g++-aarch64-linux-gnu and qemu-user; not part of `make test`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
