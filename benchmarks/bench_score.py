@@ -72,12 +72,32 @@ PARITY_TOL_FP32 = 1e-4  # both run the same fp32 math; only kernel summation ord
 
 
 def load_rows(n: int) -> tuple[list[str], list[list[str]]]:
-    rows = json.loads((DATA / "processbench" / "gsm8k.json").read_text())[:n]
+    """The first ``n`` ProcessBench rows: gsm8k's 400, then math's 1,000."""
+    rows = []
+    for split in ("gsm8k", "math"):
+        rows += json.loads((DATA / "processbench" / f"{split}.json").read_text())[: n - len(rows)]
     return [r["problem"] for r in rows], [r["steps"] for r in rows]
 
 
-def make_checkpoint(path: Path, layers: int) -> None:
-    """Random weights, Qwen2.5-0.5B widths (hidden 896, 14 heads, 2 KV heads), ``layers`` deep."""
+# Backbone widths: Qwen2.5-0.5B's, and a tiny model where per-call overheads rule.
+SHAPES = {
+    "0.5b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+    },
+    "tiny": {
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+}
+
+
+def make_checkpoint(path: Path, shape: str, layers: int) -> None:
+    """Random weights of :data:`SHAPES` ``shape``, ``layers`` deep, in the Qwen2.5-Math-PRM format."""
     from transformers import AutoTokenizer, Qwen2Config, Qwen2Model
 
     from fastprm.models import CONVENTIONS, PRM
@@ -86,12 +106,11 @@ def make_checkpoint(path: Path, layers: int) -> None:
     tok = AutoTokenizer.from_pretrained(DATA / "tokenizers" / "qwen2")
     tok.add_tokens(["<extra_0>"], special_tokens=True)
     config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=896, intermediate_size=4864, num_hidden_layers=layers,
-        num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
+        vocab_size=len(tok), num_hidden_layers=layers, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, **SHAPES[shape],
     )  # fmt: skip
     torch.manual_seed(0)
-    prm = PRM(Qwen2Model(config), MLPHead(896, 2), CONVENTIONS["qwen2.5-math-prm"], tok)
+    prm = PRM(Qwen2Model(config), MLPHead(config.hidden_size, 2), CONVENTIONS["qwen2.5-math-prm"], tok)
     prm.save_pretrained(path, format="original")
 
 
@@ -333,6 +352,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="0.5b")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--dtypes", default="bfloat16,float32")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -355,7 +375,7 @@ def main() -> None:
     )
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    model_dir = Path(args.workdir) / f"qwen25-math-prm-0.5b-{args.layers}l"
+    model_dir = Path(args.workdir) / f"qwen25-math-prm-{args.shape}-{args.layers}l"
 
     if args.child:
         method, dtype = args.child
@@ -374,7 +394,7 @@ def main() -> None:
     if not (DATA / "processbench").exists():
         sys.exit(f"shared data not found at {DATA}")
     if not (model_dir / "config.json").exists():
-        make_checkpoint(model_dir, args.layers)
+        make_checkpoint(model_dir, args.shape, args.layers)
     methods = args.methods.split(",")
     if any(m in VLLM_METHODS for m in methods) and not Path(args.vllm_python).exists():
         print(
@@ -447,7 +467,7 @@ def main() -> None:
         command.strip(),
         rows,
         markdown_table(rows, columns),
-        {"layers": args.layers, "rows": args.rows},
+        {"shape": args.shape, "layers": args.layers, "rows": args.rows},
     )
     print(f"wrote {path}")
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from fastprm.machine import cpu_description
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -27,24 +29,6 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) for name, s in samples.items()}
-
-
-# CPU features that decide fastprm's code paths (C++ ISA dispatch, native bf16 GEMMs, AMX).
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile", "amx_bf16")
-
-
-def cpu_description() -> tuple[str, list[str]]:
-    """(CPU model name, the :data:`ISA_FLAGS` it has) from /proc/cpuinfo; the platform's name elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), []
-    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    # Virtual machines may show a bare "AMD EPYC": the family and model numbers tell the generation.
-    name = f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
-    return name, [f for f in ISA_FLAGS if f in flags]
 
 
 def machine_info() -> dict[str, object]:

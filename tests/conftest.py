@@ -6,6 +6,10 @@ os.environ.setdefault("FASTPRM_NAN_FILL_OUTPUTS", "1")
 # accelerate or torch.compile may import it long before the Triton tests run.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Scorers use the fixed plan (no per-machine calibration), so a test's layout does not depend on the machine;
+# the tuning tests turn calibration on themselves, with their own cache folder.
+os.environ.setdefault("FASTPRM_TUNE", "off")
+
 import pytest
 
 from fastprm import _native

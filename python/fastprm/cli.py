@@ -34,6 +34,7 @@ from .metrics import AGGREGATES
 from .models.conventions import CONVENTION_NAMES
 from .tokenization import TRUNCATION_MODES, RowError
 from .training.label_modes import LABEL_MODES
+from .tuning.plan import GEMM_ROUTES
 
 DEFAULT_SPLIT = r"\n\n"
 # --dtype names: fastprm's short ones and torch's own, to the torch dtype's name (None: the model's default).
@@ -185,6 +186,7 @@ def _load_scorer(args: argparse.Namespace):
         threshold=args.threshold,
         layout=args.layout,
         compile=args.compile,
+        gemm_route=args.gemm_route,
     )
 
 
@@ -298,7 +300,10 @@ def _add_score(sub) -> None:
         "--skip-bad-rows", action="store_true", help="record bad rows in the output instead of stopping"
     )
     p.add_argument(
-        "--batch-tokens", type=positive_int, default=16384, help="token budget of one backbone batch"
+        "--batch-tokens",
+        type=positive_int,
+        default=None,
+        help="token budget of one packed or padded batch (default: measured, see fastprm tune)",
     )
     p.add_argument(
         "--chunk-rows", type=positive_int, default=1024, help="rows read, scored and written at a time"
@@ -311,13 +316,22 @@ def _add_score(sub) -> None:
         "--layout",
         default=None,
         choices=LAYOUTS,
-        help="backbone batches: one forward per row (CPU default), packed varlen (default with "
-        "flash-attention 2) or padded",
+        help="backbone batches: one forward per row, packed varlen or padded (default: measured, see "
+        "fastprm tune)",
+    )
+    p.add_argument(
+        "--gemm-route",
+        default=None,
+        choices=GEMM_ROUTES,
+        help="how matmuls run: torch's kernels, oneDNN with packed weights, or bf16 through fp32 GEMMs "
+        "(default: measured, see fastprm tune)",
     )
     p.add_argument(
         "--compile",
-        action="store_true",
-        help="torch.compile the backbone's layers (no faster than eager on AVX2 CPUs: GEMM-bound)",
+        action="store_const",
+        const=True,
+        default=None,
+        help="torch.compile the backbone's layers (default: only where fastprm tune --compile found it pays)",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_score)
@@ -496,6 +510,24 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_demo)
 
 
+# -- fastprm tune -----------------------------------------------------------------------------------------
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune", help="measure how a model scores fastest on this machine; print the table; cache the choice"
+    )
+    p.add_argument("--model", required=True, help="PRM checkpoint directory")
+    p.add_argument("--dtype", type=dtype_name, default=None, metavar="|".join(DTYPES), help="default auto")
+    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--compile", action="store_true", help="also measure torch.compile (takes minutes on a large model)"
+    )
+    p.add_argument("--json", action="store_true", help="print the calibration record as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_lazy(".tune_cli", "tune"))
+
+
 # -- the parser -------------------------------------------------------------------------------------------
 
 
@@ -511,7 +543,7 @@ def _lazy(module: str, name: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastprm", description="Fast process reward models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_score, _add_train, _add_eval, _add_demo):
+    for add in (_add_score, _add_train, _add_eval, _add_tune, _add_demo):
         add(sub)
     return parser
 

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .batching import LAYOUTS, default_layout, token_budget_batches
+from .batching import LAYOUTS, token_budget_batches
 from .io import json_safe
+from .models.gemm_routes import check_gemm_route
 from .models.step_rows import compile_backbone
 from .packing import cu_seqlens, pack_rows, pad_rows
 from .tokenization import StepTokenizer, TokenizedSolution
+from .tuning.plan import ScoringPlan
 
 if TYPE_CHECKING:
     from transformers import Cache
@@ -57,6 +59,11 @@ class SolutionScores:
 class Scorer:
     """Scores (problem, steps) rows with a :class:`~fastprm.models.prm.PRM`.
 
+    How the backbone runs (batch layout, token budget, GEMM route, compilation) is chosen by measurement on
+    the machine at hand: whatever is not given is taken from :func:`fastprm.tuning.tuned_plan`, which
+    calibrates once per machine and model shape and caches the result (``FASTPRM_TUNE=off`` turns it off).
+    The choice is :attr:`plan`.
+
     Args:
         prm: the model.
         batch_tokens: token budget of one backbone batch (rows x longest row) in the ``packed`` and
@@ -65,8 +72,10 @@ class Scorer:
         truncation: ``error`` (default), ``left-truncate-prompt`` or ``drop-steps``.
         threshold: ``first_error`` threshold.
         layout: ``rows`` (one unpadded forward per row), ``packed`` (each batch as one [1, N] varlen
-            sequence with per-row position_ids) or ``padded`` (right-padded [B, T] with a mask); default
-            :func:`~fastprm.batching.default_layout`. Step scores do not depend on it (tested to 1e-5 in fp32).
+            sequence with per-row position_ids) or ``padded`` (right-padded [B, T] with a mask). Step scores
+            do not depend on it (tested to 1e-5 in fp32).
+        gemm_route: how matmuls run: ``torch``, ``onednn`` or ``fp32`` (bf16 values through fp32 GEMMs);
+            see :mod:`fastprm.models.gemm_routes`.
         share_prefix: in the ``rows`` layout, rows with the same prompt (template + problem: best-of-N
             candidates, or any rows of one problem) run that prompt once per call and reuse its keys and
             values, and the template's header (system prompt, chat header) runs once for the scorer's life.
@@ -79,26 +88,37 @@ class Scorer:
     def __init__(
         self,
         prm: PRM,
-        batch_tokens: int = 16384,
+        batch_tokens: int | None = None,
         max_length: int | None = None,
         truncation: str = "error",
         threshold: float = 0.5,
         layout: str | None = None,
         share_prefix: bool | None = None,
-        compile: bool = False,
+        compile: bool | None = None,
+        gemm_route: str | None = None,
     ):
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-        if not isinstance(batch_tokens, int) or batch_tokens < 1:
+        if batch_tokens is not None and (not isinstance(batch_tokens, int) or batch_tokens < 1):
             raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
         if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        if gemm_route is not None:
+            check_gemm_route(gemm_route, prm.device, prm.dtype)
+        given = {"layout": layout, "batch_tokens": batch_tokens, "gemm_route": gemm_route, "compile": compile}
+        if any(value is None for value in given.values()):
+            from .tuning import tuned_plan
+
+            tuned = tuned_plan(prm)
+            given = {name: getattr(tuned, name) if value is None else value for name, value in given.items()}
+        self.plan = ScoringPlan(**given)
+        check_gemm_route(self.plan.gemm_route, prm.device, prm.dtype)  # a pinned route too
         self.prm = prm
-        if compile:
+        if self.plan.compile:
             compile_backbone(prm.backbone)
-        self.layout = layout or default_layout(prm)
-        self.share_prefix = not compile if share_prefix is None else share_prefix
-        self.batch_tokens = batch_tokens
+        self.layout = self.plan.layout
+        self.share_prefix = not self.plan.compile if share_prefix is None else share_prefix
+        self.batch_tokens = self.plan.batch_tokens
         self.threshold = threshold
         if max_length is None:
             max_length = getattr(prm.backbone.config, "max_position_embeddings", None)
@@ -125,12 +145,18 @@ class Scorer:
             if self.layout == "packed":
                 packed = pack_rows(ids, ends).to(self.prm.device)
                 hidden = self.prm.step_hidden_states(
-                    packed.input_ids, packed.step_index, position_ids=packed.position_ids
+                    packed.input_ids,
+                    packed.step_index,
+                    position_ids=packed.position_ids,
+                    gemm_route=self.plan.gemm_route,
                 )
             else:
                 padded = pad_rows(ids, ends, self.pad_id).to(self.prm.device)
                 hidden = self.prm.step_hidden_states(
-                    padded.input_ids, padded.step_index, padded.attention_mask
+                    padded.input_ids,
+                    padded.step_index,
+                    padded.attention_mask,
+                    gemm_route=self.plan.gemm_route,
                 )
             scores = self.prm.score_step_rows(hidden, cu_seqlens([len(e) for e in ends]), self.threshold)
             for i, result in zip(batch, _solution_scores(scores, members)):
@@ -155,7 +181,9 @@ class Scorer:
                 if row.step_ends:
                     ids = torch.tensor([row.input_ids[len(prompt) :]], device=device)
                     ends = torch.tensor(row.step_ends, device=device) - len(prompt)
-                    hidden = self.prm.step_hidden_states(ids, ends, prefix=prefix)
+                    hidden = self.prm.step_hidden_states(
+                        ids, ends, prefix=prefix, gemm_route=self.plan.gemm_route
+                    )
                 else:  # every step dropped by truncation: no forward, an empty result
                     hidden = torch.empty(0, hidden_size, dtype=self.prm.dtype, device=device)
                 cu_steps = torch.tensor([0, len(row.step_ends)], device=device)
@@ -173,10 +201,12 @@ class Scorer:
         header, rest = prompt[:header_length], prompt[header_length:]
         device = self.prm.device
         if header and (self._header is None or self._header[0] != header):
-            self._header = (header, self.prm.prefix_cache(torch.tensor([header], device=device)))
+            header_ids = torch.tensor([header], device=device)
+            self._header = (header, self.prm.prefix_cache(header_ids, gemm_route=self.plan.gemm_route))
         cache = self._header[1] if header else None
         if rest:
-            cache = self.prm.prefix_cache(torch.tensor([rest], device=device), after=cache)
+            rest_ids = torch.tensor([rest], device=device)
+            cache = self.prm.prefix_cache(rest_ids, after=cache, gemm_route=self.plan.gemm_route)
         return cache
 
 

@@ -10,8 +10,6 @@ transient pass over a weight per call, small next to the GEMM it feeds.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -50,10 +48,3 @@ class Fp32Matmuls(TorchFunctionMode):
 
 def _is_cpu_bf16(x) -> bool:
     return isinstance(x, torch.Tensor) and x.dtype == torch.bfloat16 and x.device.type == "cpu"
-
-
-def bf16_matmuls(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """:class:`Fp32Matmuls` for a bf16 model on a CPU without native bf16, else a no-op context."""
-    if dtype == torch.bfloat16 and device.type == "cpu" and not native_bf16():
-        return Fp32Matmuls()
-    return contextlib.nullcontext()

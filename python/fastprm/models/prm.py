@@ -20,7 +20,8 @@ from ..tokenization import StepTokenizer
 from . import varlen_attention
 from .checkpoint import checkpoint_errors, load_backbone, load_config, load_tokenizer
 from .conventions import CONVENTIONS, FASTPRM_CONFIG, Convention, get_convention, saved_by_fastprm
-from .cpu_bf16 import bf16_matmuls, native_bf16
+from .cpu_bf16 import native_bf16
+from .gemm_routes import default_gemm_route, route_gemms
 from .heads import Head, build_head, head_class
 from .step_rows import last_layer_at_rows
 
@@ -222,24 +223,26 @@ class PRM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         prefix=None,
+        gemm_route: str | None = None,
         **kwargs,
     ) -> torch.Tensor:
         """Last hidden states of the backbone (no LM head): [B, T, H] (or [1, K, H] within
         :func:`~fastprm.models.step_rows.last_layer_at_rows`).
 
         ``prefix``: a :meth:`prefix_cache` of tokens that come before ``input_ids`` (one unpadded row, B = 1);
-        the row attends to them as if they led it, and the cache is left as it was.
+        the row attends to them as if they led it, and the cache is left as it was. ``gemm_route``: how the
+        matmuls run (:mod:`fastprm.models.gemm_routes`); default :func:`default_gemm_route`.
         """
         if prefix is not None:
             kwargs[_cache_argument(type(self.backbone))] = prefix
             prefix_length = prefix.get_seq_length()
-        with bf16_matmuls(self.device, self.dtype):
+        with self._gemm_route(gemm_route):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         if prefix is not None and (appended := prefix.get_seq_length() - prefix_length):
             prefix.crop(-appended)  # drops what this row appended (a negative count in every transformers)
         return out.last_hidden_state
 
-    def prefix_cache(self, prefix_ids: torch.Tensor, after=None):
+    def prefix_cache(self, prefix_ids: torch.Tensor, after=None, gemm_route: str | None = None):
         """Keys and values of a token prefix [1, P] that many rows share (a problem scored with many
         solutions), for :meth:`hidden_states` / :meth:`step_hidden_states` ``(..., prefix=...)``: it is
         computed once, and each row then runs only its own tokens. A transformers ``Cache``. ``after``: the
@@ -252,7 +255,7 @@ class PRM(nn.Module):
         with (
             torch.no_grad(),
             last_layer_at_rows(self.backbone, no_rows),
-            bf16_matmuls(self.device, self.dtype),
+            self._gemm_route(gemm_route),
         ):
             out = self.backbone(input_ids=prefix_ids, use_cache=True, **earlier)
         return out.cache if hasattr(out, "cache") else out.past_key_values
@@ -267,7 +270,7 @@ class PRM(nn.Module):
         """Final hidden states [K, H] at ``rows`` [K] (int64 flat positions of the [B * T] tokens), e.g. the
         step rows. The last layer computes past its attention at those rows only
         (:mod:`fastprm.models.step_rows`); other architectures run it in full and the rows are gathered.
-        ``kwargs`` go to :meth:`hidden_states` (``position_ids``, ``prefix``)."""
+        ``kwargs`` go to :meth:`hidden_states` (``position_ids``, ``prefix``, ``gemm_route``)."""
         with last_layer_at_rows(self.backbone, rows) as at_rows:
             hidden = self.hidden_states(input_ids, attention_mask, **kwargs)
         return hidden[0] if at_rows else hidden.reshape(-1, hidden.shape[-1])[rows]
@@ -278,7 +281,7 @@ class PRM(nn.Module):
         """The head and the fused op over step rows: ``step_hidden`` [K, H] (from :meth:`step_hidden_states`)
         and ``cu_steps`` [B + 1] int64 offsets of each sequence's steps -> :class:`~fastprm.ops.StepScores`
         (the op's rows mode: its ``step_index`` is None)."""
-        with bf16_matmuls(self.device, self.dtype):
+        with self._gemm_route(None):
             rows, weight, bias = self.head.project(step_hidden)
         return score_steps(
             rows,
@@ -288,6 +291,10 @@ class PRM(nn.Module):
             positive_class=self.convention.positive_class,
             threshold=threshold,
         )
+
+    def _gemm_route(self, route: str | None):
+        """The context of GEMM route ``route`` (None: the default of the model's device and dtype)."""
+        return route_gemms(self.backbone, route or default_gemm_route(self.device, self.dtype))
 
     def forward(
         self,

@@ -46,6 +46,13 @@ def compile_backbone(backbone: nn.Module) -> None:
         layer.compile(dynamic=True)
 
 
+def uncompile_backbone(backbone: nn.Module) -> None:
+    """Undoes :func:`compile_backbone`: every module runs eagerly again."""
+    for module in backbone.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None  # what nn.Module.compile sets
+
+
 def _forward_at_rows(
     layer: nn.Module, rows: torch.Tensor, hidden_states: torch.Tensor, **kwargs
 ) -> torch.Tensor:

@@ -1,0 +1,36 @@
+"""What a speed figure or a tuned choice depends on: the CPU model and ISA flags, and the threads given.
+Torch-free."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+# CPU features that decide fastprm's code paths (C++ ISA dispatch, native bf16 GEMMs, AMX).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def cpu_description() -> tuple[str, list[str]]:
+    """(CPU model name, the :data:`ISA_FLAGS` it has) from /proc/cpuinfo; the platform's name elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    # Virtual machines may show a bare "AMD EPYC": the family and model numbers tell the generation.
+    name = (
+        f"{fields.get('model name', platform.machine())} "
+        f"(family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    )
+    return name, [f for f in ISA_FLAGS if f in flags]
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

@@ -1,0 +1,83 @@
+"""``fastprm tune``: calibrate how a model is scored on this machine now, print what was measured, and cache
+the choice that ``fastprm score`` and :class:`~fastprm.scoring.Scorer` then use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+
+from .io import one_line
+
+
+def tune(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import PRM
+    from .tuning.calibrate import calibrate
+
+    dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    try:
+        prm = PRM.from_pretrained(args.model, dtype=dtype, device=args.device)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise SystemExit(f"fastprm tune: cannot load --model {args.model}: {one_line(err)}") from None
+    record = calibrate(prm, include_compile=args.compile, progress=not args.quiet)
+    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(record, indent=2) if args.json else calibration_table(record))
+    return 0
+
+
+def calibration_table(record: dict) -> str:
+    """What a calibration measured and chose, as text."""
+    key, plan = record["key"], record["plan"]
+    shape = key["backbone"]
+    lines = [
+        f"machine: {key['cpu']} [{' '.join(key['isa_flags'])}], {key['threads']} threads, torch {key['torch']}",
+        f"model: {shape['model_type']} hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, "
+        f"{key['dtype']} on {key['device']}",
+        "",
+        "GEMM route (the first layer's linear layers at 512 and 2048 rows):",
+    ]
+    for entry in record["table"]:
+        if entry["phase"] == "gemm":
+            chosen = "  <- chosen" if entry["gemm_route"] == plan["gemm_route"] else ""
+            lines.append(f"  {entry['gemm_route']:<8} {entry['gflops']:8.0f} GFLOP/s{chosen}")
+    layouts = [e for e in record["table"] if e["phase"] == "layout"]
+    lines += [
+        "",
+        f"Layout ({layouts[0]['tokens']} synthetic tokens through the first {record['depth']} layers, "
+        f"{plan['gemm_route']} GEMMs):",
+    ]
+    for entry in layouts:
+        name = entry["layout"] if entry["layout"] == "rows" else f"{entry['layout']} {entry['batch_tokens']}"
+        chosen = entry["layout"] == plan["layout"] and (
+            entry["layout"] == "rows" or entry["batch_tokens"] == plan["batch_tokens"]
+        )
+        lines.append(f"  {name:<14} {entry['tokens_per_s']:10.0f} tokens/s{'  <- chosen' if chosen else ''}")
+    for entry in record["table"]:
+        if entry["phase"] == "compile":
+            if "error" in entry:
+                lines += ["", f"torch.compile: failed ({entry['error']})"]
+            else:
+                lines += [
+                    "",
+                    f"torch.compile: {entry['tokens_per_s']:.0f} tokens/s after {entry['compile_seconds']:.1f} s "
+                    f"of compilation{'  <- chosen' if plan['compile'] else ' (not chosen)'}",
+                ]
+    compiled = ", compiled" if plan["compile"] else ""
+    budget = "" if plan["layout"] == "rows" else f" ({plan['batch_tokens']} tokens per batch)"
+    lines += [
+        "",
+        f"chosen: {plan['layout']} layout{budget}, {plan['gemm_route']} GEMMs{compiled}",
+        f"calibration took {record['seconds']:.1f} s; peak RSS {record.get('peak_rss_mb', 0):.0f} MB",
+    ]
+    if "path" in record:
+        lines.append(
+            f"cached in {record['path']} (FASTPRM_TUNE=off ignores it, FASTPRM_TUNE_PIN pins choices)"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run it as: fastprm tune --model DIR")

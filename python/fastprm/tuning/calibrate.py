@@ -1,0 +1,305 @@
+"""Calibration: measures the Scorer's candidate choices on the machine at hand and keeps the fastest.
+
+Which batch layout, token budget and GEMM route score fastest depends on the CPU (its vector units, whether
+its BLAS uses them, cache sizes), the thread count, the torch build and the model's shape, so fastprm
+measures instead of assuming, as autotuners do (Triton's autotune, oneDNN's primitive cache): once per
+:func:`calibration_key`, the result cached on disk (:mod:`.plan`).
+
+Two phases, bounded to a few seconds on a 0.5B model:
+
+1. GEMM route: the backbone's own linear layers at 512 and 2048 rows, each route in turn.
+2. Layout: synthetic rows shaped like PRM inputs (a shared template header, a problem, 48-token steps,
+   160-768 tokens) scored by the first :data:`CALIBRATION_DEPTH` layers of the backbone with the chosen
+   route, for each candidate of :data:`LAYOUT_CANDIDATES`. Layers are identical in cost, so the ranking of
+   candidates on a shallow slice is their ranking on the full depth.
+
+``torch.compile`` is measured only when asked (``include_compile``): compiling takes far longer than the
+rest of the calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..machine import cpu_description
+from ..models.gemm_routes import available_gemm_routes, default_gemm_route, route_gemms
+from ..models.step_rows import uncompile_backbone
+from ..tokenization import TokenizedSolution
+from .plan import (
+    DEFAULT_BATCH_TOKENS,
+    ScoringPlan,
+    pinned_choices,
+    read_calibration,
+    tune_mode,
+    write_calibration,
+)
+
+CALIBRATION_DEPTH = 2
+# (layout, batch_tokens) candidates; rows ignores the budget.
+LAYOUT_CANDIDATES = (
+    ("rows", DEFAULT_BATCH_TOKENS),
+    ("packed", 1024),
+    ("packed", 2048),
+    ("packed", 4096),
+    ("packed", 8192),
+    ("padded", 4096),
+)
+ROW_LENGTHS = (160, 256, 384, 512, 768)
+STEP_TOKENS = 48
+HEADER_TOKENS, PROMPT_TOKENS = 24, 96
+GEMM_ROWS = (512, 2048)
+# The workload of one layout measurement: what the first candidate scores in about TARGET_SECONDS, within
+# [MIN_TOKENS, MAX_TOKENS] tokens. Every candidate is measured REPEATS times, in turn; the best time counts.
+TARGET_SECONDS, MIN_TOKENS, MAX_TOKENS, REPEATS = 0.5, 2048, 16384, 2
+
+_retuned: set[str] = set()  # keys calibrated again in this process under FASTPRM_TUNE=retune
+
+
+def calibration_key(prm) -> dict:
+    """What a calibration depends on: CPU model and ISA flags, threads, torch and fastprm versions, device,
+    dtype and the backbone's shape."""
+    config = prm.backbone.config
+    cpu, flags = cpu_description()
+    shape = {
+        name: getattr(config, name, None)
+        for name in (
+            "model_type",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "_attn_implementation",
+        )
+    }
+    return {
+        "cpu": cpu,
+        "isa_flags": flags,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "fastprm": __version__,
+        "device": prm.device.type,
+        "dtype": str(prm.dtype).removeprefix("torch."),
+        "backbone": shape,
+    }
+
+
+def fallback_plan(prm) -> ScoringPlan:
+    """The plan without measurement (FASTPRM_TUNE=off): one forward per row on CPU, packed with
+    flash-attention 2, else padded; the default GEMM route of the dtype."""
+    from ..batching import default_layout
+
+    return ScoringPlan(default_layout(prm), DEFAULT_BATCH_TOKENS, default_gemm_route(prm.device, prm.dtype))
+
+
+def tuned_plan(prm, progress: bool = True) -> ScoringPlan:
+    """The plan for ``prm`` on this machine: calibrated at first use and cached (see :mod:`.plan` for the
+    FASTPRM_TUNE, FASTPRM_TUNE_PIN and FASTPRM_CACHE_DIR variables); pinned choices replace measured ones."""
+    mode = tune_mode()
+    pins = pinned_choices()
+    if mode == "off":
+        plan = fallback_plan(prm)
+    else:
+        key = calibration_key(prm)
+        record = read_calibration(key)
+        marker = repr(sorted(key.items()))
+        if record is None or (mode == "retune" and marker not in _retuned):
+            record = calibrate(prm, progress=progress)
+            _retuned.add(marker)
+        plan = ScoringPlan.from_dict(record["plan"])
+    plan = dataclasses.replace(plan, **pins)
+    plan.check()
+    return plan
+
+
+def calibrate(prm, include_compile: bool = False, progress: bool = True, save: bool = True) -> dict:
+    """Measures the candidates on ``prm`` and returns the calibration record (``key``, ``plan``,
+    ``table``: one entry per measurement, ``seconds``), also written to the cache unless ``save`` is
+    False."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    table: list[dict] = []
+    routes = available_gemm_routes(prm.device, prm.dtype)
+    steps = len(routes) + len(LAYOUT_CANDIDATES) + (1 if include_compile else 0)
+    bar = tqdm(
+        total=steps,
+        desc="fastprm: calibrating scoring for this machine and model (once)",
+        unit=" candidates",
+        disable=not progress,
+        leave=False,
+    )
+    with bar:
+        gemm = gemm_seconds(prm, routes, bar.update)
+        route = min(gemm, key=gemm.get)
+        flops = sum(_linear_flops(prm, rows) for rows in GEMM_ROWS)
+        for name, seconds in gemm.items():
+            table.append(
+                {"phase": "gemm", "gemm_route": name, "seconds": seconds, "gflops": flops / seconds / 1e9}
+            )
+        with shallow_backbone(prm.backbone, CALIBRATION_DEPTH):
+            layouts = _measure_layouts(prm, route, bar.update)
+            table += layouts
+            best = min(layouts, key=lambda r: r["seconds"])
+            plan = ScoringPlan(best["layout"], best["batch_tokens"], route)
+            if include_compile:
+                compiled = _measure_compiled(prm, plan, best["tokens"])
+                table.append(compiled)
+                bar.update()
+                if compiled.get("seconds", float("inf")) < best["seconds"]:
+                    plan = dataclasses.replace(plan, compile=True)
+    record = {
+        "key": calibration_key(prm),
+        "plan": dataclasses.asdict(plan),
+        "table": table,
+        "depth": CALIBRATION_DEPTH,
+        "seconds": time.perf_counter() - start,
+    }
+    if save:
+        record["path"] = str(write_calibration(record))
+    return record
+
+
+def gemm_seconds(prm, routes: list[str], done: Callable[[], object] = lambda: None) -> dict[str, float]:
+    """Seconds per route to run the first decoder layer's linear layers (or every linear layer of a
+    backbone without ``layers``) over [rows, in] inputs for each of :data:`GEMM_ROWS`; best of 3."""
+    layers = _linear_layers(prm)
+    inputs = [
+        torch.randn(rows, layer.in_features, device=prm.device).to(prm.dtype)
+        for rows in GEMM_ROWS
+        for layer in layers
+    ]
+    owner = prm.backbone
+
+    def run(route: str) -> float:
+        with torch.inference_mode(), route_gemms(owner, route):
+            begin = time.perf_counter()
+            for x, layer in zip(inputs, layers * len(GEMM_ROWS)):
+                layer(x)
+            return time.perf_counter() - begin
+
+    seconds = {}
+    for route in routes:
+        run(route)  # first-call costs: weight packing, kernel selection
+        seconds[route] = min(run(route) for _ in range(3))
+        done()
+    return seconds
+
+
+def _linear_layers(prm) -> list[nn.Linear]:
+    layers = getattr(prm.backbone, "layers", None)
+    scope = layers[0] if isinstance(layers, nn.ModuleList) and len(layers) else prm.backbone
+    return [m for m in scope.modules() if type(m) is nn.Linear]
+
+
+def _linear_flops(prm, rows: int) -> int:
+    return sum(2 * rows * layer.in_features * layer.out_features for layer in _linear_layers(prm))
+
+
+def _measure_layouts(prm, route: str, done: Callable[[], object]) -> list[dict]:
+    """Best-of-:data:`REPEATS` seconds of each layout candidate over one synthetic workload."""
+    from ..scoring import Scorer
+
+    vocab = prm.backbone.config.vocab_size
+    probe = calibration_rows(vocab, MIN_TOKENS // 4)
+    scorers = [
+        Scorer(prm, layout=layout, batch_tokens=budget, gemm_route=route, compile=False)
+        for layout, budget in LAYOUT_CANDIDATES
+    ]
+    scorers[0].score_tokenized(probe[:1])
+    begin = time.perf_counter()
+    scorers[0].score_tokenized(probe)
+    rate = sum(len(r.input_ids) for r in probe) / (time.perf_counter() - begin)
+    rows = calibration_rows(vocab, int(min(MAX_TOKENS, max(MIN_TOKENS, rate * TARGET_SECONDS))))
+    tokens = sum(len(r.input_ids) for r in rows)
+    best = [float("inf")] * len(scorers)
+    for repeat in range(REPEATS):
+        for i, scorer in enumerate(scorers):
+            if repeat == 0:
+                scorer.score_tokenized(rows[:2])  # first-call costs: the header cache, allocations
+            begin = time.perf_counter()
+            scorer.score_tokenized(rows)
+            best[i] = min(best[i], time.perf_counter() - begin)
+            if repeat == REPEATS - 1:
+                done()
+    return [
+        {
+            "phase": "layout",
+            "layout": layout,
+            "batch_tokens": budget,
+            "gemm_route": route,
+            "tokens": tokens,
+            "seconds": seconds,
+            "tokens_per_s": tokens / seconds,
+        }
+        for (layout, budget), seconds in zip(LAYOUT_CANDIDATES, best)
+    ]
+
+
+def _measure_compiled(prm, plan: ScoringPlan, n_tokens: int) -> dict:
+    """The plan with ``torch.compile``: compile time apart from the timed run; the backbone is restored
+    afterwards. A failure to compile is recorded, not raised."""
+    from ..scoring import Scorer
+
+    rows = calibration_rows(prm.backbone.config.vocab_size, n_tokens)
+    entry = {"phase": "compile", **dataclasses.asdict(plan), "compile": True, "tokens": n_tokens}
+    try:
+        scorer = Scorer(prm, **dataclasses.asdict(dataclasses.replace(plan, compile=True)))
+        begin = time.perf_counter()
+        scorer.score_tokenized(rows)  # compiles
+        entry["compile_seconds"] = time.perf_counter() - begin
+        best = float("inf")
+        for _ in range(REPEATS):
+            begin = time.perf_counter()
+            scorer.score_tokenized(rows)
+            best = min(best, time.perf_counter() - begin)
+        entry.update(seconds=best, tokens_per_s=n_tokens / best)
+    except Exception as err:  # any compiler failure means: not a candidate here
+        entry["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    finally:
+        uncompile_backbone(prm.backbone)
+    return entry
+
+
+def calibration_rows(vocab_size: int, n_tokens: int, seed: int = 0) -> list[TokenizedSolution]:
+    """Synthetic tokenized rows of about ``n_tokens`` tokens in all: lengths cycling through
+    :data:`ROW_LENGTHS`, the same :data:`HEADER_TOKENS`-token header, a distinct problem, a step every
+    :data:`STEP_TOKENS` tokens ending on the last token. Random ids: speed does not depend on them."""
+    rng = random.Random(seed)
+    header = [rng.randrange(vocab_size) for _ in range(HEADER_TOKENS)]
+    rows, total = [], 0
+    while total < n_tokens:
+        length = ROW_LENGTHS[len(rows) % len(ROW_LENGTHS)]
+        ids = header + [rng.randrange(vocab_size) for _ in range(length - HEADER_TOKENS)]
+        ends = [*range(PROMPT_TOKENS + STEP_TOKENS - 1, length - 1, STEP_TOKENS), length - 1]
+        rows.append(TokenizedSolution(ids, ends, PROMPT_TOKENS, HEADER_TOKENS))
+        total += length
+    return rows
+
+
+@contextlib.contextmanager
+def shallow_backbone(backbone: nn.Module, depth: int) -> Iterator[None]:
+    """Within this context the backbone runs its first ``depth`` decoder layers only (its config says so
+    too, for caches and masks); a backbone without a ``layers`` list runs in full."""
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layers, nn.ModuleList) or len(layers) <= depth:
+        yield
+        return
+    config = backbone.config
+    full_depth = config.num_hidden_layers
+    backbone.layers = nn.ModuleList(list(layers)[:depth])
+    config.num_hidden_layers = depth
+    try:
+        yield
+    finally:
+        backbone.layers = layers
+        config.num_hidden_layers = full_depth
