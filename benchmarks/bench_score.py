@@ -1,12 +1,22 @@
-"""Scoring throughput on a ProcessBench-shaped workload: fastprm vs the model-card recipe vs the bare backbone
-vs vLLM's pooling runner.
+"""Scoring throughput on a ProcessBench-shaped workload: fastprm (tuned, and with each choice forced) vs the
+model-card recipe vs the bare backbone vs vLLM's pooling runner, and each as a fraction of the machine's
+dense GEMM ceiling.
 
-    python benchmarks/bench_score.py                 # reduced Qwen2.5-0.5B shape (4 layers), bf16 and fp32
-    python benchmarks/bench_score.py --layers 24     # the full Qwen2.5-0.5B depth
-    python benchmarks/bench_score.py --rows 40       # a quick run
+    python benchmarks/bench_score.py --shape 0.5b --layers 24 --rows 400   # Qwen2.5-0.5B, full depth
+    python benchmarks/bench_score.py --shape tiny --layers 4 --rows 1400   # hidden 256, overheads rule
+    python benchmarks/bench_score.py --rows 40 --layers 4                  # a quick run
 
-Real problems and steps from ../shared/data/processbench (gsm8k), the real Qwen2 tokenizer, and a
-random-weight checkpoint in the Qwen2.5-Math-PRM on-disk format. Every method scores the same rows with the
+Real problems and steps from ../shared/data/processbench (gsm8k, then math), the real Qwen2 tokenizer, and a
+random-weight checkpoint in the Qwen2.5-Math-PRM on-disk format.
+
+fastprm is calibrated for the machine first (``fastprm tune``, its table is kept in the results) and every
+fastprm method reads that calibration: ``fastprm`` takes the tuned plan, ``fastprm_<choice>`` pins one choice
+(FASTPRM_TUNE_PIN) and keeps the rest, ``fastprm_untuned`` runs without calibration (FASTPRM_TUNE=off).
+
+The ceiling: the GEMM rate of the model's own linear shapes (its first layer's, at 512 and 2048 rows; the
+faster of torch's kernels and oneDNN's) over the linear FLOPs of a full forward per token, all layers at all
+tokens: the dense limit of a plain forward. Column ceiling_fraction is each method's tokens/s over it; fastprm
+can pass 1.0 because it skips work (the last layer off the step rows, shared prefixes). Every method scores the same rows with the
 same weights and dtype; recipe_* run stock transformers (the model card), backbone_* run the backbone as
 fastprm loads it (fastprm's attention and, in bf16 on CPUs without native bf16, its fp32-GEMM matmuls) with
 the full last layer, no shared prefix and no head, which isolates what those save. Each method runs in its
@@ -42,23 +52,29 @@ from common import markdown_table, write_results
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 VLLM_METHODS = ("vllm", "vllm_eager")
-# fastprm with its defaults, and with one choice changed: what each default is worth on the machine at hand.
+# fastprm tuned, and with one choice pinned (FASTPRM_TUNE_PIN; None: FASTPRM_TUNE=off): what each is worth on
+# the machine at hand.
 FASTPRM_VARIANTS = {
-    "fastprm": {},
-    "fastprm_compiled": {"compile": True},
-    "fastprm_packed": {"layout": "packed"},
-    "fastprm_padded": {"layout": "padded"},
-    "fastprm_no_prefix": {"share_prefix": False},
-    "fastprm_bf16_fp32_gemms": {},  # bf16 matmuls as fp32 GEMMs (fastprm.models.cpu_bf16) even where native
-    "fastprm_previous": {},  # the same defaults, from the python given by --previous-python (older code)
+    "fastprm": "",
+    "fastprm_untuned": None,
+    "fastprm_rows": "layout=rows",
+    "fastprm_packed": "layout=packed",
+    "fastprm_padded": "layout=padded",
+    "fastprm_torch_gemms": "gemm_route=torch",
+    "fastprm_onednn_gemms": "gemm_route=onednn",
+    "fastprm_fp32_gemms": "gemm_route=fp32",  # bf16 only
+    "fastprm_compiled": "layout=rows,compile=1",
+    "fastprm_previous": "",  # the defaults of the python given by --previous-python (older code)
 }
 METHODS = (
     "fastprm",
-    "fastprm_compiled",
+    "fastprm_untuned",
+    "fastprm_rows",
     "fastprm_packed",
     "fastprm_padded",
-    "fastprm_no_prefix",
-    "fastprm_bf16_fp32_gemms",
+    "fastprm_torch_gemms",
+    "fastprm_onednn_gemms",
+    "fastprm_fp32_gemms",
     "recipe_b1",
     "recipe_b8",
     "backbone_b1",
@@ -153,15 +169,14 @@ def run_method(method: str, model_dir: Path, dtype: torch.dtype, n_rows: int, ba
 
     problems, solutions = load_rows(n_rows)
     start = time.perf_counter()
-    if method in FASTPRM_VARIANTS:
-        if method == "fastprm_bf16_fp32_gemms":
-            from fastprm.models import cpu_bf16
-
-            cpu_bf16.native_bf16 = lambda: False
-        options = FASTPRM_VARIANTS[method]
-        scorer = Scorer(PRM.from_pretrained(model_dir, dtype=dtype), batch_tokens=batch_tokens, **options)
-        if options.get("compile"):  # compilation is excluded, as vLLM's is: compile on a few rows first
+    setup = {}
+    if method in FASTPRM_VARIANTS:  # the choices come from the environment (see fastprm_env)
+        prm = PRM.from_pretrained(model_dir, dtype=dtype)
+        begin = time.perf_counter()
+        scorer = Scorer(prm)
+        if getattr(scorer, "plan", None) and scorer.plan.compile:  # compilation is excluded, as vLLM's is
             scorer.score(problems[:4], solutions[:4])
+        setup = {"setup_seconds": time.perf_counter() - begin, "plan": str(getattr(scorer, "plan", ""))}
         start = time.perf_counter()
         tokenized = scorer.tokenizer(problems, solutions)
         out = scorer.score_tokenized(tokenized)
@@ -199,6 +214,7 @@ def run_method(method: str, model_dir: Path, dtype: torch.dtype, n_rows: int, ba
         "steps_per_s": n_steps / seconds,
         "tokens_per_s": n_tokens / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **setup,
     }
 
 
@@ -360,7 +376,10 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=16384)
     parser.add_argument("--workdir", default="/tmp/fastprm-bench-score")
     parser.add_argument(
-        "--name", default="bench_score", help="results file name in benchmarks/results/ (.md and .json)"
+        "--name",
+        default=None,
+        help="results file name in benchmarks/results/ (.md and .json); default one per CPU model, where a "
+        "run replaces the rows of its shape and dtypes and keeps the others",
     )
     parser.add_argument(
         "--vllm-python",
@@ -406,10 +425,20 @@ def main() -> None:
     if "fastprm_previous" in methods and not args.previous_python:
         sys.exit("fastprm_previous needs --previous-python")
 
-    rows = []
+    os.environ["FASTPRM_CACHE_DIR"] = str(Path(args.workdir) / "tune-cache")  # children inherit it
+    os.environ["FASTPRM_TUNE"] = "off"  # this process tokenizes only; fastprm children get fastprm_env
+    rows, calibrations = [], {}
     for dtype in args.dtypes.split(","):
+        dtype_methods = [m for m in methods if not (m == "fastprm_fp32_gemms" and dtype != "bfloat16")]
+        calibrations[dtype] = tune(model_dir, dtype)
+        ceiling = dense_ceiling(model_dir, calibrations[dtype])
+        print(
+            f"{dtype:>8} tuned plan: {calibrations[dtype]['plan']}; dense ceiling "
+            f"{ceiling['tokens_per_s']:.0f} tok/s ({ceiling['gflops']:.0f} GFLOP/s)",
+            flush=True,
+        )
         reference = None
-        if any(m in VLLM_METHODS for m in methods):
+        if any(m in VLLM_METHODS for m in dtype_methods):
             reference = prepare_vllm_inputs(
                 model_dir,
                 getattr(torch, dtype),
@@ -419,13 +448,14 @@ def main() -> None:
             )
         best: dict[str, dict] = {}
         for _ in range(args.repeats):
-            for method in methods:
+            for method in dtype_methods:
                 vllm = method in VLLM_METHODS
                 python = args.vllm_python if vllm else sys.executable
                 if method == "fastprm_previous":
                     python = args.previous_python
                 cmd = [python, __file__, *sys.argv[1:], "--child", method, dtype]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=vllm_env() if vllm else None)
+                env = vllm_env() if vllm else fastprm_env(method)
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if proc.returncode:
                     sys.exit(f"{method} {dtype} failed:\n{proc.stderr[-4000:]}")
                 # The last JSON line: libraries may print other lines to stdout.
@@ -441,35 +471,112 @@ def main() -> None:
                     best[method] = result
         fast = best.get("fastprm")
         for method, r in best.items():
-            row = {"dtype": dtype, "method": method, **r}
+            row = {"shape": args.shape, "layers": args.layers, "dtype": dtype, "method": method, **r}
+            row["ceiling_fraction"] = r["tokens_per_s"] / ceiling["tokens_per_s"]
             if fast:
                 row["fastprm_speedup"] = r["seconds"] / fast["seconds"]
             rows.append(row)
             print(
-                f"{dtype:>8} {method:>17}: {r['rows_per_s']:7.2f} rows/s {r['steps_per_s']:8.1f} steps/s "
-                f"{r['tokens_per_s']:9.0f} tok/s  peak RSS {r['peak_rss_mb']:7.0f} MB  "
-                + (f"fastprm is x{row['fastprm_speedup']:.2f} faster" if fast else ""),
+                f"{dtype:>8} {method:>20}: {r['tokens_per_s']:9.0f} tok/s  {row['ceiling_fraction']:5.2f} of ceiling  "
+                f"peak RSS {r['peak_rss_mb']:7.0f} MB  "
+                + (f"fastprm is x{row['fastprm_speedup']:.2f} faster  " if fast else "")
+                + str(r.get("plan", "")),
                 flush=True,
             )
-    columns = [
-        "dtype",
-        "method",
-        "rows_per_s",
-        "steps_per_s",
-        "tokens_per_s",
-        "peak_rss_mb",
-        "fastprm_speedup",
-        "max_abs_diff_vs_fastprm",
-    ]
     command = "python benchmarks/bench_score.py " + shlex.join(sys.argv[1:])
+    extra = {"shape": args.shape, "layers": args.layers, "rows": args.rows, "calibrations": calibrations}
     path = write_results(
-        args.name,
-        command.strip(),
-        rows,
-        markdown_table(rows, columns),
-        {"shape": args.shape, "layers": args.layers, "rows": args.rows},
+        args.name or cpu_results_name(), command.strip(), rows, markdown_table(rows, COLUMNS), extra
     )
     print(f"wrote {path}")
+
+
+COLUMNS = [
+    "shape",
+    "layers",
+    "dtype",
+    "method",
+    "tokens_per_s",
+    "ceiling_fraction",
+    "fastprm_speedup",
+    "peak_rss_mb",
+    "setup_seconds",
+    "max_abs_diff_vs_fastprm",
+    "plan",
+]
+
+
+def fastprm_env(method: str) -> dict[str, str]:
+    """Environment of a non-vLLM child: fastprm methods read the calibration (pinned per FASTPRM_VARIANTS);
+    the others run without one (they only tokenize with fastprm)."""
+    pin = FASTPRM_VARIANTS.get(method)
+    env = {**os.environ, "FASTPRM_TUNE": "off" if pin is None else "auto", "FASTPRM_TUNE_PIN": pin or ""}
+    return env
+
+
+def tune(model_dir: Path, dtype: str) -> dict:
+    """``fastprm tune`` of the checkpoint (its record is kept with the results; fastprm children read it)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastprm",
+        "tune",
+        "--model",
+        str(model_dir),
+        "--dtype",
+        dtype,
+        "--json",
+        "--quiet",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "FASTPRM_TUNE": "auto"})
+    if proc.returncode:
+        sys.exit(f"fastprm tune failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout)
+
+
+def dense_ceiling(model_dir: Path, calibration: dict) -> dict:
+    """Tokens/s of a plain forward at the fastest GEMM rate the calibration measured on the model's own linear
+    shapes: the linear FLOPs of every layer at every token (attention's and the head's not counted)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    head_dim = config.get("head_dim") or hidden // config["num_attention_heads"]
+    q = config["num_attention_heads"] * head_dim
+    kv = config["num_key_value_heads"] * head_dim
+    per_layer = 2 * (hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * inter)
+    gflops = max(e["gflops"] for e in calibration["table"] if e["phase"] == "gemm")
+    flops_per_token = per_layer * config["num_hidden_layers"]
+    return {
+        "gflops": gflops,
+        "flops_per_token": flops_per_token,
+        "tokens_per_s": gflops * 1e9 / flops_per_token,
+    }
+
+
+def merged_with_earlier(name: str, rows: list[dict], calibrations: dict, command: str) -> tuple:
+    """This run's rows and calibrations plus an earlier results file's for other shapes or dtypes (a file per
+    CPU model gathers every shape measured on it), and the commands that made them."""
+    from common import RESULTS
+
+    try:
+        earlier = json.loads((RESULTS / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return rows, calibrations, [command]
+    measured = {(r["shape"], r["layers"], r["dtype"]) for r in rows}
+    kept = [
+        r
+        for r in earlier.get("rows", [])
+        if (r.get("shape"), r.get("layers"), r.get("dtype")) not in measured
+    ]
+    commands = [c for c in earlier.get("commands", []) if c != command] + [command]
+    return kept + rows, {**earlier.get("calibrations", {}), **calibrations}, commands
+
+
+def cpu_results_name() -> str:
+    """One results file per CPU model: bench_score_<model>.md / .json."""
+    from fastprm.machine import cpu_description
+
+    name = cpu_description()[0].lower()
+    return "bench_score_" + "-".join("".join(c if c.isalnum() else " " for c in name).split())
 
 
 if __name__ == "__main__":

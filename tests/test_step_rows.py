@@ -125,9 +125,9 @@ def test_rows_of_one_problem_share_its_prompt_and_score_the_same(qwen_prm_dir, m
     runs = []  # (tokens run, tokens of the cache they follow)
     cache_of = prm.prefix_cache
 
-    def counted(ids, after=None):
+    def counted(ids, after=None, **options):
         runs.append((ids.shape[1], 0 if after is None else after.get_seq_length()))
-        return cache_of(ids, after=after)
+        return cache_of(ids, after=after, **options)
 
     monkeypatch.setattr(prm, "prefix_cache", counted)
     shared = prm.score(ROW_PROBLEMS, SOLUTIONS)

@@ -15,7 +15,7 @@ def tune(args: argparse.Namespace) -> int:
     import torch
 
     from .models import PRM
-    from .tuning.calibrate import calibrate
+    from .tuning.calibration import calibrate
 
     dtype = None if args.dtype is None else getattr(torch, args.dtype)
     try:

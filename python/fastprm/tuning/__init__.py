@@ -9,15 +9,15 @@ from .._lazy import lazy_attributes
 
 _SOURCES = {
     "ScoringPlan": ".plan",
-    "calibrate": ".calibrate",
-    "calibration_key": ".calibrate",
-    "fallback_plan": ".calibrate",
-    "tuned_plan": ".calibrate",
+    "calibrate": ".calibration",
+    "calibration_key": ".calibration",
+    "fallback_plan": ".calibration",
+    "tuned_plan": ".calibration",
 }
 __all__ = ["ScoringPlan", "calibrate", "calibration_key", "fallback_plan", "tuned_plan"]
 
 if TYPE_CHECKING:
-    from .calibrate import calibrate, calibration_key, fallback_plan, tuned_plan
+    from .calibration import calibrate, calibration_key, fallback_plan, tuned_plan
     from .plan import ScoringPlan
 
 __getattr__, __dir__ = lazy_attributes(__name__, _SOURCES)

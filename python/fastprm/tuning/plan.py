@@ -112,7 +112,7 @@ def cache_dir() -> Path:
 
 def cache_file(key: dict) -> Path:
     """The calibration file of ``key`` (the machine, the model shape, the dtype: see
-    :func:`fastprm.tuning.calibrate.calibration_key`)."""
+    :func:`fastprm.tuning.calibration.calibration_key`)."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "tune" / f"{digest}.json"
 

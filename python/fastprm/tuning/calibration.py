@@ -116,9 +116,19 @@ def tuned_plan(prm, progress: bool = True) -> ScoringPlan:
             record = calibrate(prm, progress=progress)
             _retuned.add(marker)
         plan = ScoringPlan.from_dict(record["plan"])
+        if "layout" in pins and "batch_tokens" not in pins:  # that layout's best measured budget
+            plan = dataclasses.replace(
+                plan, batch_tokens=best_budget(record, pins["layout"], plan.batch_tokens)
+            )
     plan = dataclasses.replace(plan, **pins)
     plan.check()
     return plan
+
+
+def best_budget(record: dict, layout: str, default: int) -> int:
+    """The token budget that scored fastest in ``layout`` in a calibration record (``default`` if none)."""
+    measured = [e for e in record["table"] if e["phase"] == "layout" and e["layout"] == layout]
+    return min(measured, key=lambda e: e["seconds"])["batch_tokens"] if measured else default
 
 
 def calibrate(prm, include_compile: bool = False, progress: bool = True, save: bool = True) -> dict:
