@@ -63,7 +63,7 @@ FASTPRM_VARIANTS = {
     "fastprm_torch_gemms": "gemm_route=torch",
     "fastprm_onednn_gemms": "gemm_route=onednn",
     "fastprm_fp32_gemms": "gemm_route=fp32",  # bf16 only
-    "fastprm_compiled": "layout=rows,compile=1",
+    "fastprm_compiled": "compile=1",
     "fastprm_previous": "",  # the defaults of the python given by --previous-python (older code)
 }
 METHODS = (

@@ -97,10 +97,16 @@ def test_batch_invariance_alone_vs_batch_of_64(qwen_prm_dir, layout, dtype):
         )
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_backbone_scores_like_eager(tmp_path, dtype):
+@pytest.mark.parametrize(
+    ("dtype", "layout", "gemm_route"),
+    [(torch.float32, "rows", "torch"), (torch.bfloat16, "rows", "torch"), (torch.float32, "packed", "onednn")],
+)
+def test_compiled_backbone_scores_like_eager(tmp_path, dtype, layout, gemm_route):
     """Scorer(compile=True): rows of different lengths (dynamic shapes) give the eager step scores, in
-    bf16 too (through fastprm.models.cpu_bf16 on CPUs without native bf16), without recompiling per row."""
+    bf16 too, and in packed batches with oneDNN linear layers (both run eagerly inside the compiled layers),
+    without recompiling per row or batch."""
+    if gemm_route == "onednn" and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch was built without oneDNN")
     ck.write_qwen25_math_prm(tmp_path)
     problems = ["What is 2 + 3?", "How many eggs are left after three were eaten?", "Is 7 prime?"]
     solutions = [
@@ -112,7 +118,9 @@ def test_compiled_backbone_scores_like_eager(tmp_path, dtype):
     from torch._dynamo.utils import counters
 
     counters.clear()
-    compiled = PRM.from_pretrained(tmp_path, dtype=dtype).score(problems, solutions, compile=True)
+    compiled_prm = PRM.from_pretrained(tmp_path, dtype=dtype)
+    options = {"compile": True, "layout": layout, "gemm_route": gemm_route, "batch_tokens": 40}
+    compiled = compiled_prm.score(problems, solutions, **options)
     graphs = counters["stats"]["unique_graphs"]
     assert 1 <= graphs <= 12, graphs  # the layers really ran compiled, and not once per row
     for a, b in zip(eager, compiled):

@@ -45,6 +45,8 @@ def packed_weight(layer: nn.Linear) -> torch.Tensor:
     return cached[1]
 
 
+# Not traced by torch.compile (it cannot trace oneDNN's packed-weight tensors); compiled layers call it as is.
+@torch.compiler.disable
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` for x [..., in] -> [..., out] through oneDNN with the packed weight; where autograd
     needs the result (training), the layer's own ``F.linear``."""

@@ -38,7 +38,9 @@ def step_row_layer(backbone: nn.Module) -> nn.Module | None:
 
 def compile_backbone(backbone: nn.Module) -> None:
     """``torch.compile(dynamic=True)`` of the backbone in place, layer by layer, leaving out the step-row
-    last layer (its row count changes on every call, which would force a recompilation each time)."""
+    last layer (its row count changes on every call, which would force a recompilation each time). What
+    compiles is the layer's norms, projections, rotary embedding and MLP, fused by inductor; fastprm's varlen
+    attention and oneDNN linear layers run eagerly between them (both are excluded from tracing)."""
     if step_row_layer(backbone) is None:
         backbone.compile(dynamic=True)
         return

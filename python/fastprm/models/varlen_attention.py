@@ -30,6 +30,9 @@ def _row_segments(
     return [[(0, length)] for _ in range(batch)]
 
 
+# Not traced by torch.compile: its per-row loop depends on the batch's row boundaries, so a compiled layer
+# would recompile for every batch; the layer's other ops compile around it.
+@torch.compiler.disable
 def varlen_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
