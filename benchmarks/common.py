@@ -12,7 +12,11 @@ from pathlib import Path
 
 import torch
 
-from fastprm.machine import cpu_description
+try:
+    from fastprm.machine import cpu_description
+except ImportError:  # a benchmark child in another venv (vLLM's): the torch-free module from the source tree
+    sys.path.append(str(Path(__file__).resolve().parents[1] / "python"))
+    from fastprm.machine import cpu_description
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -99,7 +99,11 @@ def test_batch_invariance_alone_vs_batch_of_64(qwen_prm_dir, layout, dtype):
 
 @pytest.mark.parametrize(
     ("dtype", "layout", "gemm_route"),
-    [(torch.float32, "rows", "torch"), (torch.bfloat16, "rows", "torch"), (torch.float32, "packed", "onednn")],
+    [
+        (torch.float32, "rows", "torch"),
+        (torch.bfloat16, "rows", "torch"),
+        (torch.float32, "packed", "onednn"),
+    ],
 )
 def test_compiled_backbone_scores_like_eager(tmp_path, dtype, layout, gemm_route):
     """Scorer(compile=True): rows of different lengths (dynamic shapes) give the eager step scores, in

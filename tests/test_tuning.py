@@ -61,7 +61,8 @@ def test_first_use_calibrates_and_caches_then_reads_the_cache(prm, tuning_on, mo
     assert path.is_relative_to(tuning_on) and ScoringPlan.from_dict(record["plan"]) == plan
     layouts = [e for e in record["table"] if e["phase"] == "layout"]
     assert [(e["layout"], e["batch_tokens"]) for e in layouts] == list(LAYOUT_CANDIDATES)
-    best = min(layouts, key=lambda e: e["seconds"])
+    decisive = [e for e in record["table"] if e["phase"] == "confirm"] or layouts  # confirmed at full depth
+    best = min(decisive, key=lambda e: e["seconds"])
     assert (plan.layout, plan.batch_tokens) == (best["layout"], best["batch_tokens"])
     gemm = {e["gemm_route"]: e["seconds"] for e in record["table"] if e["phase"] == "gemm"}
     assert plan.gemm_route == min(gemm, key=gemm.get)
@@ -139,6 +140,25 @@ def test_tune_mode_is_checked(monkeypatch):
     assert pinned_choices() == {}
 
 
+def test_close_candidates_are_confirmed_at_full_depth(prm, monkeypatch):
+    """Each layout's fastest candidate of the shallow phase runs again through every layer, and that run
+    decides."""
+    monkeypatch.setattr(calibrate_module, "CALIBRATION_DEPTH", 1)
+    monkeypatch.setattr(calibrate_module, "CONFIRM_WITHIN", float("inf"))  # always close enough
+    record = calibrate(prm, progress=False, save=False)
+    confirmed = [e for e in record["table"] if e["phase"] == "confirm"]
+    shallow = sorted((e for e in record["table"] if e["phase"] == "layout"), key=lambda e: e["seconds"])
+    fastest = {}
+    for e in shallow:
+        fastest.setdefault(e["layout"], (e["layout"], e["batch_tokens"]))
+    assert [(e["layout"], e["batch_tokens"]) for e in confirmed] == list(fastest.values())
+    winner = min(confirmed, key=lambda e: e["seconds"])
+    assert (record["plan"]["layout"], record["plan"]["batch_tokens"]) == (
+        winner["layout"],
+        winner["batch_tokens"],
+    )
+
+
 def test_calibration_leaves_the_model_as_it_was(prm):
     layers, depth = len(prm.backbone.layers), prm.backbone.config.num_hidden_layers
     options = {"layout": "rows", "batch_tokens": 64, "gemm_route": "torch", "compile": False}
@@ -195,3 +215,18 @@ def test_tuned_plan_reads_the_environment_each_call(prm, tuning_on, monkeypatch)
     monkeypatch.setenv("FASTPRM_TUNE", "off")
     assert tuned_plan(prm, progress=False).layout == "rows"
     assert measured.check() is None
+
+
+def test_torch_threads_are_capped_at_the_cores_given(monkeypatch):
+    from fastprm import machine
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(machine, "usable_cpus", lambda: 1)
+        torch.set_num_threads(2)
+        assert machine.fit_threads_to_cores() == 1
+        monkeypatch.setattr(machine, "usable_cpus", lambda: 64)
+        assert machine.fit_threads_to_cores() == 1  # fewer threads than cores: left as set
+    finally:
+        torch.set_num_threads(before)
+    assert machine.peak_rss_mb() > 0

@@ -30,6 +30,7 @@ from .io import (
     one_line,
     read_rows,
 )
+from .machine import peak_rss_mb
 from .metrics import AGGREGATES
 from .models.conventions import CONVENTION_NAMES
 from .tokenization import TRUNCATION_MODES, RowError
@@ -158,7 +159,7 @@ def _score(args: argparse.Namespace) -> int:
         print(f"fastprm score: failed; {output.failure_note()}", file=sys.stderr)
         raise
     if not args.quiet:
-        print(_score_summary(counts, args.output), file=sys.stderr)
+        print(_score_summary(counts, args.output, scorer.plan.describe()), file=sys.stderr)
     return 0
 
 
@@ -178,6 +179,13 @@ def _load_scorer(args: argparse.Namespace):
         prm = PRM.from_pretrained(args.model, convention=args.convention, dtype=dtype, device=args.device)
     except (ValueError, OSError, RuntimeError) as err:  # checkpoint problems; corners of transformers
         raise SystemExit(f"fastprm score: cannot load --model {args.model}: {one_line(err)}") from None
+    try:
+        return _scorer(Scorer, prm, args)
+    except ValueError as err:  # an option the machine cannot run, a bad FASTPRM_TUNE / FASTPRM_TUNE_PIN
+        raise SystemExit(f"fastprm score: {one_line(err)}") from None
+
+
+def _scorer(Scorer, prm, args: argparse.Namespace):
     return Scorer(
         prm,
         batch_tokens=args.batch_tokens,
@@ -260,8 +268,10 @@ def _write_chunk(out, tokenized: list[tuple | BadRow], scores: list) -> None:
     out.flush()
 
 
-def _score_summary(counts: dict[str, int], output: str) -> str:
-    notes = []
+def _score_summary(counts: dict[str, int], output: str, plan: str) -> str:
+    notes = [plan]
+    if (rss := peak_rss_mb()) is not None:
+        notes.append(f"peak RSS {rss:.0f} MB")
     if counts["bad"]:
         notes.append(f"{counts['bad']} bad rows recorded")
     if counts["unscored"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from pathlib import Path
 
 # CPU features that decide fastprm's code paths (C++ ISA dispatch, native bf16 GEMMs, AMX).
@@ -34,3 +35,27 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB (None where the OS does not report it)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KB elsewhere
+
+
+def fit_threads_to_cores() -> int:
+    """Caps torch's intra-op threads at the cores this process may use (its affinity mask: a container's,
+    ``taskset``'s or a Ray worker's share), where torch's start-up count (the machine's physical cores) is
+    larger: more threads than cores only contend. A smaller count is left as is (torch leaves SMT siblings
+    out on purpose, and a user may have lowered it). Returns the thread count. Tokenization never runs while
+    torch computes in fastprm, so tokenizer threads do not compete with torch's."""
+    import torch
+
+    cores = usable_cpus()
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+    return torch.get_num_threads()

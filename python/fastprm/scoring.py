@@ -16,6 +16,7 @@ import torch
 
 from .batching import LAYOUTS, token_budget_batches
 from .io import json_safe
+from .machine import fit_threads_to_cores
 from .models.gemm_routes import check_gemm_route
 from .models.step_rows import compile_backbone
 from .packing import cu_seqlens, pack_rows, pad_rows
@@ -105,6 +106,8 @@ class Scorer:
             raise ValueError(f"threshold must be a finite number, got {threshold!r}")
         if gemm_route is not None:
             check_gemm_route(gemm_route, prm.device, prm.dtype)
+        if prm.device.type == "cpu":
+            fit_threads_to_cores()  # before the calibration key reads the thread count
         given = {"layout": layout, "batch_tokens": batch_tokens, "gemm_route": gemm_route, "compile": compile}
         if any(value is None for value in given.values()):
             from .tuning import tuned_plan

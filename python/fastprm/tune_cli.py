@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 
 from .io import one_line
+from .machine import fit_threads_to_cores, peak_rss_mb
 
 
 def tune(args: argparse.Namespace) -> int:
@@ -22,8 +22,9 @@ def tune(args: argparse.Namespace) -> int:
         prm = PRM.from_pretrained(args.model, dtype=dtype, device=args.device)
     except (ValueError, OSError, RuntimeError) as err:
         raise SystemExit(f"fastprm tune: cannot load --model {args.model}: {one_line(err)}") from None
+    fit_threads_to_cores()
     record = calibrate(prm, include_compile=args.compile, progress=not args.quiet)
-    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    record["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(record, indent=2) if args.json else calibration_table(record))
     return 0
 
@@ -44,6 +45,7 @@ def calibration_table(record: dict) -> str:
             chosen = "  <- chosen" if entry["gemm_route"] == plan["gemm_route"] else ""
             lines.append(f"  {entry['gemm_route']:<8} {entry['gflops']:8.0f} GFLOP/s{chosen}")
     layouts = [e for e in record["table"] if e["phase"] == "layout"]
+    confirmed = [e for e in record["table"] if e["phase"] == "confirm"]
     lines += [
         "",
         f"Layout ({layouts[0]['tokens']} synthetic tokens through the first {record['depth']} layers, "
@@ -51,9 +53,19 @@ def calibration_table(record: dict) -> str:
     ]
     for entry in layouts:
         name = entry["layout"] if entry["layout"] == "rows" else f"{entry['layout']} {entry['batch_tokens']}"
-        chosen = entry["layout"] == plan["layout"] and (
-            entry["layout"] == "rows" or entry["batch_tokens"] == plan["batch_tokens"]
+        chosen = not confirmed and (entry["layout"], entry["batch_tokens"]) == (
+            plan["layout"],
+            plan["batch_tokens"],
         )
+        lines.append(f"  {name:<14} {entry['tokens_per_s']:10.0f} tokens/s{'  <- chosen' if chosen else ''}")
+    if confirmed:
+        lines += [
+            "",
+            f"Confirmed through all {shape['num_hidden_layers']} layers ({confirmed[0]['tokens']} tokens):",
+        ]
+    for entry in confirmed:
+        name = entry["layout"] if entry["layout"] == "rows" else f"{entry['layout']} {entry['batch_tokens']}"
+        chosen = (entry["layout"], entry["batch_tokens"]) == (plan["layout"], plan["batch_tokens"])
         lines.append(f"  {name:<14} {entry['tokens_per_s']:10.0f} tokens/s{'  <- chosen' if chosen else ''}")
     for entry in record["table"]:
         if entry["phase"] == "compile":
@@ -70,7 +82,7 @@ def calibration_table(record: dict) -> str:
     lines += [
         "",
         f"chosen: {plan['layout']} layout{budget}, {plan['gemm_route']} GEMMs{compiled}",
-        f"calibration took {record['seconds']:.1f} s; peak RSS {record.get('peak_rss_mb', 0):.0f} MB",
+        f"calibration took {record['seconds']:.1f} s; peak RSS {record.get('peak_rss_mb') or 0:.0f} MB",
     ]
     if "path" in record:
         lines.append(
