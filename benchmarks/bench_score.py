@@ -484,10 +484,11 @@ def main() -> None:
                 flush=True,
             )
     command = "python benchmarks/bench_score.py " + shlex.join(sys.argv[1:])
-    extra = {"shape": args.shape, "layers": args.layers, "rows": args.rows, "calibrations": calibrations}
-    path = write_results(
-        args.name or cpu_results_name(), command.strip(), rows, markdown_table(rows, COLUMNS), extra
-    )
+    name = args.name or cpu_results_name()
+    calibrations = {f"{args.shape}-{args.layers}l-{d}": c for d, c in calibrations.items()}
+    rows, calibrations, commands = merged_with_earlier(name, rows, calibrations, command)
+    extra = {"rows_scored": args.rows, "calibrations": calibrations, "commands": commands}
+    path = write_results(name, "` and `".join(commands), rows, markdown_table(rows, COLUMNS), extra)
     print(f"wrote {path}")
 
 
@@ -560,6 +561,8 @@ def merged_with_earlier(name: str, rows: list[dict], calibrations: dict, command
     try:
         earlier = json.loads((RESULTS / f"{name}.json").read_text())
     except (OSError, ValueError):
+        return rows, calibrations, [command]
+    if not isinstance(earlier.get("rows"), list):  # a file of an older format: replaced
         return rows, calibrations, [command]
     measured = {(r["shape"], r["layers"], r["dtype"]) for r in rows}
     kept = [

@@ -168,30 +168,8 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
                 prm, route, LAYOUT_CANDIDATES, _workload(rate), REPEATS, "layout", bar.update
             )
         table += layouts
-        ranked = sorted(layouts, key=lambda r: r["seconds"])
-        fastest_per_layout = [
-            r for i, r in enumerate(ranked) if r["layout"] not in {q["layout"] for q in ranked[:i]}
-        ]
-        finalists = [
-            r
-            for r in fastest_per_layout[:CONFIRM_COUNT]
-            if r["seconds"] <= ranked[0]["seconds"] * CONFIRM_WITHIN
-        ]
-        best = ranked[0]
-        if depth < prm.backbone.config.num_hidden_layers and len(finalists) > 1:
-            full_rate = rate * depth / prm.backbone.config.num_hidden_layers
-            candidates = [(r["layout"], r["batch_tokens"]) for r in finalists]
-            confirmed = _measure_layouts(
-                prm, route, candidates, _workload(full_rate), 1, "confirm", bar.update
-            )
-            table += confirmed
-            winner = min(confirmed, key=lambda r: r["seconds"])
-            best = next(
-                r
-                for r in finalists
-                if (r["layout"], r["batch_tokens"]) == (winner["layout"], winner["batch_tokens"])
-            )
-        bar.update(CONFIRM_COUNT - (len(finalists) if len(finalists) > 1 else 0))
+        best, confirmed = _confirm_at_full_depth(prm, route, layouts, rate, depth, bar.update)
+        table += confirmed
         plan = ScoringPlan(best["layout"], best["batch_tokens"], route)
         if include_compile:
             with shallow_backbone(prm.backbone, CALIBRATION_DEPTH):
@@ -210,6 +188,30 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
     if save:
         record["path"] = str(write_calibration(record))
     return record
+
+
+def _confirm_at_full_depth(
+    prm, route: str, layouts: list[dict], rate: float, depth: int, done: Callable[[], object]
+) -> tuple[dict, list[dict]]:
+    """Phase 3: each layout's fastest shallow candidate, where within CONFIRM_WITHIN of the fastest, once
+    more through the whole backbone. Returns the winner's shallow entry and the full-depth entries (none when
+    the backbone is no deeper than the slice or one candidate is left)."""
+    layers = prm.backbone.config.num_hidden_layers
+    ranked = sorted(layouts, key=lambda r: r["seconds"])
+    per_layout = [r for i, r in enumerate(ranked) if r["layout"] not in {q["layout"] for q in ranked[:i]}]
+    finalists = [
+        r for r in per_layout[:CONFIRM_COUNT] if r["seconds"] <= ranked[0]["seconds"] * CONFIRM_WITHIN
+    ]
+    if depth >= layers or len(finalists) < 2:
+        for _ in range(CONFIRM_COUNT):
+            done()
+        return ranked[0], []
+    candidates = [(r["layout"], r["batch_tokens"]) for r in finalists]
+    confirmed = _measure_layouts(prm, route, candidates, _workload(rate * depth / layers), 1, "confirm", done)
+    for _ in range(CONFIRM_COUNT - len(confirmed)):
+        done()
+    winner = min(range(len(confirmed)), key=lambda i: confirmed[i]["seconds"])
+    return finalists[winner], confirmed
 
 
 def gemm_seconds(prm, routes: list[str], done: Callable[[], object] = lambda: None) -> dict[str, float]:
