@@ -155,3 +155,19 @@ def test_bf16_prm_scores_like_fp32_math_and_trains(qwen_prm_dir, monkeypatch):
     logits.float().sum().backward()
     grad = prm.backbone.layers[0].mlp.down_proj.weight.grad
     assert grad is not None and grad.dtype == torch.bfloat16 and grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("user_value", [None, "7"])
+def test_onednn_primitive_cache_is_bounded_unless_the_user_set_it(user_value):
+    """Scoring gives oneDNN a new row count per row or batch; its cache of one primitive per shape is capped
+    at fastprm's default before any forward, and a user's own setting is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if user_value is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = user_value
+    code = "import os, fastprm.models.prm; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (user_value or str(onednn_linear.PRIMITIVE_CACHE_CAPACITY))
