@@ -363,3 +363,38 @@ def test_checkpoint_problems_are_one_line(qwen_prm_dir, tmp_path):
     not_ours = error_of(score_argv(qwen_prm_dir, src, tmp_path / "out.jsonl", "--convention", "fastprm"))
     assert not_ours.startswith(f"fastprm score: cannot load --model {qwen_prm_dir}: ")
     assert list(tmp_path.glob("*.partial")) == [] and not (tmp_path / "out.jsonl").exists()
+
+
+def test_score_runs_the_calibrated_plan_and_reports_it(qwen_prm_dir, tmp_path, monkeypatch, capsys):
+    """With calibration on, fastprm score calibrates once (cached), scores as the fixed plan does (1e-5),
+    and ends with the plan and the peak RSS; a bad pin or route is one line naming it."""
+    rows = [{"problem": "What is 2 + 3?", "steps": ["2 + 3 = 5.", "The answer is 5."]}] * 3
+    _, fixed = run(qwen_prm_dir, tmp_path, rows)
+    monkeypatch.setenv("FASTPRM_TUNE", "auto")
+    monkeypatch.setenv("FASTPRM_CACHE_DIR", str(tmp_path / "cache"))
+    src, dst = tmp_path / "in.jsonl", tmp_path / "tuned.jsonl"
+    argv = [
+        "score",
+        "--model",
+        str(qwen_prm_dir),
+        "--input",
+        str(src),
+        "--output",
+        str(dst),
+        "--dtype",
+        "fp32",
+    ]
+    assert main(argv) == 0
+    assert list((tmp_path / "cache" / "tune").glob("*.json"))
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(r"(rows|packed|padded) layout.*GEMMs; peak RSS \d+ MB", summary), summary
+    for got, expected in zip(map(json.loads, dst.read_text().splitlines()), fixed):
+        assert got["scores"]["step_scores"] == pytest.approx(expected["scores"]["step_scores"], abs=1e-5)
+    monkeypatch.setenv("FASTPRM_TUNE_PIN", "layout=diagonal")
+    with pytest.raises(SystemExit, match="fastprm score: layout must be one of rows, packed, padded"):
+        main([*argv, "--quiet"])
+    monkeypatch.delenv("FASTPRM_TUNE_PIN")
+    with pytest.raises(
+        SystemExit, match=r"fastprm score: gemm_route 'fp32' cannot run a torch\.float32 model"
+    ):
+        main([*argv, "--quiet", "--gemm-route", "fp32"])
