@@ -230,3 +230,13 @@ def test_torch_threads_are_capped_at_the_cores_given(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert machine.peak_rss_mb() > 0
+
+
+def test_compile_is_measured_through_the_whole_backbone_against_eager(prm):
+    record = calibrate(prm, include_compile=True, progress=False, save=False)
+    (entry,) = [e for e in record["table"] if e["phase"] == "compile"]
+    assert "error" not in entry, entry.get("error")
+    assert entry["compile_seconds"] > 0 and entry["seconds"] > 0 and entry["eager_seconds"] > 0
+    faster = entry["seconds"] * calibrate_module.COMPILE_MARGIN < entry["eager_seconds"]
+    assert record["plan"]["compile"] == faster
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in prm.backbone.modules())

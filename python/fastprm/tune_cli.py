@@ -74,8 +74,9 @@ def calibration_table(record: dict) -> str:
             else:
                 lines += [
                     "",
-                    f"torch.compile: {entry['tokens_per_s']:.0f} tokens/s after {entry['compile_seconds']:.1f} s "
-                    f"of compilation{'  <- chosen' if plan['compile'] else ' (not chosen)'}",
+                    f"torch.compile, all layers ({entry['tokens']} tokens): {entry['tokens_per_s']:.0f} tokens/s "
+                    f"against {entry['eager_tokens_per_s']:.0f} eager, after {entry['compile_seconds']:.1f} s of "
+                    f"compilation{'  <- chosen' if plan['compile'] else ' (not chosen)'}",
                 ]
     compiled = ", compiled" if plan["compile"] else ""
     budget = "" if plan["layout"] == "rows" else f" ({plan['batch_tokens']} tokens per batch)"

@@ -15,8 +15,8 @@ full depth on a 2-core AMD EPYC Zen 5):
 3. Confirmation: each layout's fastest candidate, where close to the fastest, once more through the
    whole backbone, which decides (a shallow slice over-weights what does not grow with depth).
 
-``torch.compile`` is measured only when asked (``include_compile``): compiling takes far longer than the
-rest of the calibration.
+``torch.compile`` is measured only when asked (``include_compile``), through the whole backbone against the
+chosen eager plan on the same rows: compiling takes far longer than the rest of the calibration.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ GEMM_ROWS = (512, 2048)
 # CONFIRM_WITHIN of the fastest, is measured again once at full depth, which decides (measured on an AMD EPYC Zen 5 at Qwen2.5-0.5B widths: the
 # shallow ranking put packed 1,024-token batches 6-8% ahead of one forward per row, and full depth reversed it).
 CONFIRM_COUNT, CONFIRM_WITHIN = 3, 1.2
+# Compilation is chosen only when it scores this much faster than eager: it costs seconds to minutes at
+# every start of a process, and smaller gains are within the noise of one calibration.
+COMPILE_MARGIN = 1.05
 # The workload of one layout measurement: what the first candidate scores in about TARGET_SECONDS, within
 # [MIN_TOKENS, MAX_TOKENS] tokens. Every candidate is measured REPEATS times, in turn; the best time counts.
 TARGET_SECONDS, MIN_TOKENS, MAX_TOKENS, REPEATS = 0.5, 2048, 16384, 2
@@ -171,12 +174,13 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
         best, confirmed = _confirm_at_full_depth(prm, route, layouts, rate, depth, bar.update)
         table += confirmed
         plan = ScoringPlan(best["layout"], best["batch_tokens"], route)
-        if include_compile:
-            with shallow_backbone(prm.backbone, CALIBRATION_DEPTH):
-                compiled = _measure_compiled(prm, plan, best["tokens"])
+        if include_compile:  # through the whole backbone: a shallow slice misjudged it
+            compiled = _measure_compiled(
+                prm, plan, _workload(rate * depth / prm.backbone.config.num_hidden_layers)
+            )
             table.append(compiled)
             bar.update()
-            if compiled.get("seconds", float("inf")) < best["seconds"]:
+            if compiled.get("seconds", float("inf")) * COMPILE_MARGIN < compiled.get("eager_seconds", 0.0):
                 plan = dataclasses.replace(plan, compile=True)
     record = {
         "key": calibration_key(prm),
@@ -310,23 +314,31 @@ def _workload(rate: float) -> int:
 
 
 def _measure_compiled(prm, plan: ScoringPlan, n_tokens: int) -> dict:
-    """The plan with ``torch.compile``: compile time apart from the timed run; the backbone is restored
-    afterwards. A failure to compile is recorded, not raised."""
+    """The plan with and without ``torch.compile`` through the whole backbone, on the same rows, in turn:
+    the compiled entry has the eager time beside it (``eager_seconds``) and its compilation apart
+    (``compile_seconds``). The backbone is restored afterwards; a failure to compile is recorded, not
+    raised."""
     from ..scoring import Scorer
 
     rows = calibration_rows(prm.backbone.config.vocab_size, n_tokens)
-    entry = {"phase": "compile", **dataclasses.asdict(plan), "compile": True, "tokens": n_tokens}
+    tokens = sum(len(r.input_ids) for r in rows)
+    entry = {"phase": "compile", **dataclasses.asdict(plan), "compile": True, "tokens": tokens}
+    eager = Scorer(prm, **dataclasses.asdict(plan))
+    eager.score_tokenized(rows[:2])
     try:
-        scorer = Scorer(prm, **dataclasses.asdict(dataclasses.replace(plan, compile=True)))
+        compiled = Scorer(prm, **dataclasses.asdict(dataclasses.replace(plan, compile=True)))
         begin = time.perf_counter()
-        scorer.score_tokenized(rows)  # compiles
+        compiled.score_tokenized(rows)  # compiles
         entry["compile_seconds"] = time.perf_counter() - begin
-        best = float("inf")
+        best = {"seconds": float("inf"), "eager_seconds": float("inf")}
         for _ in range(REPEATS):
-            begin = time.perf_counter()
-            scorer.score_tokenized(rows)
-            best = min(best, time.perf_counter() - begin)
-        entry.update(seconds=best, tokens_per_s=n_tokens / best)
+            for name, scorer in (("eager_seconds", eager), ("seconds", compiled)):
+                begin = time.perf_counter()
+                scorer.score_tokenized(rows)
+                best[name] = min(best[name], time.perf_counter() - begin)
+        entry.update(
+            best, tokens_per_s=tokens / best["seconds"], eager_tokens_per_s=tokens / best["eager_seconds"]
+        )
     except Exception as err:  # any compiler failure means: not a candidate here
         entry["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
     finally:
