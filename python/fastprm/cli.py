@@ -525,7 +525,8 @@ def _add_demo(sub) -> None:
 
 def _add_tune(sub) -> None:
     p = sub.add_parser(
-        "tune", help="measure how a model scores fastest on this machine; print the table; cache the choice"
+        "tune",
+        help="measure how a model scores fastest on the machine it runs on; print the table; cache the choice",
     )
     p.add_argument("--model", required=True, help="PRM checkpoint directory")
     p.add_argument("--dtype", type=dtype_name, default=None, metavar="|".join(DTYPES), help="default auto")

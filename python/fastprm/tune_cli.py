@@ -1,4 +1,4 @@
-"""``fastprm tune``: calibrate how a model is scored on this machine now, print what was measured, and cache
+"""``fastprm tune``: calibrate how a model is scored on the machine it runs on, print what was measured, and cache
 the choice that ``fastprm score`` and :class:`~fastprm.scoring.Scorer` then use."""
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ _packed: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple, torch.Tensor]] = weak
 
 
 def available(dtype: torch.dtype) -> bool:
-    """Whether torch was built with oneDNN and it runs ``dtype`` GEMMs on this CPU."""
+    """Whether torch was built with oneDNN and it runs ``dtype`` GEMMs on the running CPU."""
     if not torch.backends.mkldnn.is_available():
         return False
     if dtype == torch.bfloat16:

@@ -111,7 +111,7 @@ def fallback_plan(prm) -> ScoringPlan:
 
 
 def tuned_plan(prm, progress: bool = True) -> ScoringPlan:
-    """The plan for ``prm`` on this machine: calibrated at first use and cached (see :mod:`.plan` for the
+    """The plan for ``prm`` on the machine running it: calibrated at first use and cached (see :mod:`.plan` for the
     FASTPRM_TUNE, FASTPRM_TUNE_PIN and FASTPRM_CACHE_DIR variables); pinned choices replace measured ones."""
     mode = tune_mode()
     pins = pinned_choices()
@@ -152,7 +152,7 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
     steps = len(routes) + len(LAYOUT_CANDIDATES) + CONFIRM_COUNT + (1 if include_compile else 0)
     bar = tqdm(
         total=steps,
-        desc="fastprm: calibrating scoring for this machine and model (once)",
+        desc="fastprm: calibrating scoring for the running CPU and this model (once)",
         unit=" candidates",
         disable=not progress,
         leave=False,
