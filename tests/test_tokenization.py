@@ -121,6 +121,7 @@ def test_compiled_backbone_scores_like_eager(tmp_path, dtype, layout, gemm_route
     eager = PRM.from_pretrained(tmp_path, dtype=dtype).score(problems, solutions)
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # graphs compiled by earlier tests would be reused and not counted
     counters.clear()
     compiled_prm = PRM.from_pretrained(tmp_path, dtype=dtype)
     options = {"compile": True, "layout": layout, "gemm_route": gemm_route, "batch_tokens": 40}

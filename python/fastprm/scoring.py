@@ -104,7 +104,7 @@ class Scorer:
             raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
         if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
             raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-        if gemm_route is not None:
+        if gemm_route is not None:  # before a calibration can run: an explicit bad route fails at once
             check_gemm_route(gemm_route, prm.device, prm.dtype)
         if prm.device.type == "cpu":
             fit_threads_to_cores()  # before the calibration key reads the thread count
@@ -119,9 +119,7 @@ class Scorer:
         self.prm = prm
         if self.plan.compile:
             compile_backbone(prm.backbone)
-        self.layout = self.plan.layout
         self.share_prefix = not self.plan.compile if share_prefix is None else share_prefix
-        self.batch_tokens = self.plan.batch_tokens
         self.threshold = threshold
         if max_length is None:
             max_length = getattr(prm.backbone.config, "max_position_embeddings", None)
@@ -139,13 +137,13 @@ class Scorer:
     @torch.inference_mode()
     def score_tokenized(self, rows: Sequence[TokenizedSolution]) -> list[SolutionScores]:
         """Per-row step scores of tokenized rows, in input order."""
-        if self.layout == "rows":
+        if self.plan.layout == "rows":
             return self._score_rows(rows)
         results: list[SolutionScores | None] = [None] * len(rows)
-        for batch in token_budget_batches([len(r.input_ids) for r in rows], self.batch_tokens):
+        for batch in token_budget_batches([len(r.input_ids) for r in rows], self.plan.batch_tokens):
             members = [rows[i] for i in batch]
             ids, ends = [r.input_ids for r in members], [r.step_ends for r in members]
-            if self.layout == "packed":
+            if self.plan.layout == "packed":
                 packed = pack_rows(ids, ends).to(self.prm.device)
                 hidden = self.prm.step_hidden_states(
                     packed.input_ids,
