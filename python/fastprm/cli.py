@@ -168,17 +168,25 @@ def _check_folder(path: str, option: str) -> None:
         raise ValueError(f"{option} {path}: no such folder")
 
 
-def _load_scorer(args: argparse.Namespace):
+def load_prm(args: argparse.Namespace, command: str):
+    """The PRM of ``--model`` (with ``--convention`` where the command has it, ``--dtype``, ``--device``);
+    a checkpoint it cannot load ends ``fastprm <command>`` with one line naming it."""
     import torch
 
     from .models import PRM
-    from .scoring import Scorer
 
     dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    convention = getattr(args, "convention", "auto")
     try:
-        prm = PRM.from_pretrained(args.model, convention=args.convention, dtype=dtype, device=args.device)
+        return PRM.from_pretrained(args.model, convention=convention, dtype=dtype, device=args.device)
     except (ValueError, OSError, RuntimeError) as err:  # checkpoint problems; corners of transformers
-        raise SystemExit(f"fastprm score: cannot load --model {args.model}: {one_line(err)}") from None
+        raise SystemExit(f"fastprm {command}: cannot load --model {args.model}: {one_line(err)}") from None
+
+
+def _load_scorer(args: argparse.Namespace):
+    from .scoring import Scorer
+
+    prm = load_prm(args, "score")
     try:
         return _scorer(Scorer, prm, args)
     except ValueError as err:  # an option the machine cannot run, a bad FASTPRM_TUNE / FASTPRM_TUNE_PIN

@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from .io import one_line
+from .cli import load_prm
 from .machine import fit_threads_to_cores, peak_rss_mb
+from .tuning.plan import ScoringPlan
 
 
 def tune(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import PRM
     from .tuning.calibration import calibrate
 
-    dtype = None if args.dtype is None else getattr(torch, args.dtype)
-    try:
-        prm = PRM.from_pretrained(args.model, dtype=dtype, device=args.device)
-    except (ValueError, OSError, RuntimeError) as err:
-        raise SystemExit(f"fastprm tune: cannot load --model {args.model}: {one_line(err)}") from None
+    prm = load_prm(args, "tune")
     fit_threads_to_cores()
     record = calibrate(prm, include_compile=args.compile, progress=not args.quiet)
     record["peak_rss_mb"] = peak_rss_mb()
@@ -51,22 +44,13 @@ def calibration_table(record: dict) -> str:
         f"Layout ({layouts[0]['tokens']} synthetic tokens through the first {record['depth']} layers, "
         f"{plan['gemm_route']} GEMMs):",
     ]
-    for entry in layouts:
-        name = entry["layout"] if entry["layout"] == "rows" else f"{entry['layout']} {entry['batch_tokens']}"
-        chosen = not confirmed and (entry["layout"], entry["batch_tokens"]) == (
-            plan["layout"],
-            plan["batch_tokens"],
-        )
-        lines.append(f"  {name:<14} {entry['tokens_per_s']:10.0f} tokens/s{'  <- chosen' if chosen else ''}")
+    lines += [_candidate_line(entry, plan, chosen_here=not confirmed) for entry in layouts]
     if confirmed:
         lines += [
             "",
             f"Confirmed through all {shape['num_hidden_layers']} layers ({confirmed[0]['tokens']} tokens):",
         ]
-    for entry in confirmed:
-        name = entry["layout"] if entry["layout"] == "rows" else f"{entry['layout']} {entry['batch_tokens']}"
-        chosen = (entry["layout"], entry["batch_tokens"]) == (plan["layout"], plan["batch_tokens"])
-        lines.append(f"  {name:<14} {entry['tokens_per_s']:10.0f} tokens/s{'  <- chosen' if chosen else ''}")
+    lines += [_candidate_line(entry, plan, chosen_here=True) for entry in confirmed]
     for entry in record["table"]:
         if entry["phase"] == "compile":
             if "error" in entry:
@@ -78,11 +62,9 @@ def calibration_table(record: dict) -> str:
                     f"against {entry['eager_tokens_per_s']:.0f} eager, after {entry['compile_seconds']:.1f} s of "
                     f"compilation{'  <- chosen' if plan['compile'] else ' (not chosen)'}",
                 ]
-    compiled = ", compiled" if plan["compile"] else ""
-    budget = "" if plan["layout"] == "rows" else f" ({plan['batch_tokens']} tokens per batch)"
     lines += [
         "",
-        f"chosen: {plan['layout']} layout{budget}, {plan['gemm_route']} GEMMs{compiled}",
+        f"chosen: {ScoringPlan.from_dict(plan).describe()}",
         f"calibration took {record['seconds']:.1f} s; peak RSS {record.get('peak_rss_mb') or 0:.0f} MB",
     ]
     if "path" in record:
@@ -92,5 +74,11 @@ def calibration_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("run it as: fastprm tune --model DIR")
+def _candidate_line(entry: dict, plan: dict, chosen_here: bool) -> str:
+    """One measured layout candidate; marked when it is the plan's and this phase decided."""
+    name = entry["layout"] if entry["layout"] == "rows" else f"{entry['layout']} {entry['batch_tokens']}"
+    chosen = chosen_here and (entry["layout"], entry["batch_tokens"]) == (
+        plan["layout"],
+        plan["batch_tokens"],
+    )
+    return f"  {name:<14} {entry['tokens_per_s']:10.0f} tokens/s{'  <- chosen' if chosen else ''}"
