@@ -34,13 +34,13 @@ LAYOUTS = ("rows", "packed", "padded")
 
 
 def default_layout(prm) -> str:
-    """How a :class:`~fastprm.scoring.Scorer` forms backbone batches by default.
+    """The layout without measurement (``FASTPRM_TUNE=off``; otherwise :mod:`fastprm.tuning` measures).
 
-    ``rows`` on CPU: one unpadded, mask-free forward per row. Measured the fastest of the three layouts on an
-    AVX2 AMD EPYC (Zen 3) and on an AVX-512 + AVX512-BF16 AMD EPYC (Zen 5), fp32 and bf16
-    (benchmarks/results/bench_score*.md); not measured on AMX CPUs. ``packed`` when the backbone's attention
-    is flash-attention 2, which runs a [1, N] varlen batch without padding; else ``padded`` length-sorted
-    batches.
+    ``rows`` on CPU: one unpadded, mask-free forward per row, the previous default (the fastest of the three
+    with torch's GEMMs at Qwen2.5-0.5B widths on an AVX2 AMD EPYC Zen 3; on an AMD EPYC Zen 5, packed
+    batches beat it on a small model, benchmarks/results/bench_score_amd-epyc-family-26-model-2.md).
+    ``packed`` when the backbone's attention is flash-attention 2, which runs a [1, N] varlen batch without
+    padding; else ``padded`` length-sorted batches.
     """
     if prm.device.type == "cpu":
         return "rows"

@@ -3,6 +3,7 @@ Torch-free."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 
 
+@functools.cache  # read once per process: every Scorer's calibration key asks for it
 def cpu_description() -> tuple[str, list[str]]:
     """(CPU model name, the :data:`ISA_FLAGS` it has) from /proc/cpuinfo; the platform's name elsewhere."""
     try:

@@ -49,6 +49,12 @@ def check_gemm_route(route: str, device: torch.device, dtype: torch.dtype) -> No
         raise ValueError(f"gemm_route {route!r} cannot run a {dtype} model on {device} here")
 
 
+def routed_linears(model: nn.Module) -> list[nn.Linear]:
+    """The layers the ``onednn`` route runs: plain ``nn.Linear`` (not subclasses such as LoRA layers, whose
+    forward does more than one GEMM)."""
+    return [m for m in model.modules() if type(m) is nn.Linear]
+
+
 @contextlib.contextmanager
 def route_gemms(model: nn.Module, route: str) -> Iterator[None]:
     """Within this context ``model``'s matmuls take ``route`` (see the module docstring)."""
@@ -59,7 +65,7 @@ def route_gemms(model: nn.Module, route: str) -> Iterator[None]:
     if route != "onednn":
         yield
         return
-    layers = [m for m in model.modules() if type(m) is nn.Linear]
+    layers = routed_linears(model)
     for layer in layers:
         layer.forward = functools.partial(onednn_linear.linear, layer)
     try:

@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import __version__
 from ..machine import cpu_description
-from ..models.gemm_routes import available_gemm_routes, default_gemm_route, route_gemms
+from ..models.gemm_routes import available_gemm_routes, default_gemm_route, route_gemms, routed_linears
 from ..models.step_rows import uncompile_backbone
 from ..tokenization import TokenizedSolution
 from .plan import (
@@ -247,7 +247,7 @@ def gemm_seconds(prm, routes: list[str], done: Callable[[], object] = lambda: No
 def _linear_layers(prm) -> list[nn.Linear]:
     layers = getattr(prm.backbone, "layers", None)
     scope = layers[0] if isinstance(layers, nn.ModuleList) and len(layers) else prm.backbone
-    return [m for m in scope.modules() if type(m) is nn.Linear]
+    return routed_linears(scope)
 
 
 def _linear_flops(prm, rows: int) -> int:
