@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention.h"
 #include "row_ops.h"
 #include "score_steps.h"
 
@@ -66,8 +67,8 @@ const Torch* g_torch = nullptr;
 // A CPU tensor's memory as the kernels see it; sizes and strides in elements.
 struct TensorArg {
   char* data;
-  int64_t size[2] = {1, 1};
-  int64_t stride[2] = {1, 1};
+  int64_t size[3] = {1, 1, 1};
+  int64_t stride[3] = {1, 1, 1};
   Kind kind = Kind::other;
 };
 
@@ -317,6 +318,75 @@ py::tuple score_backward_op(py::handle grad_step_logits, py::handle hidden, py::
   return backward<float>(grad_step_logits, h, weight, step_index);
 }
 
+// A [tokens, heads, head_dim] float tensor whose head_dim elements are contiguous.
+HeadsTensor heads_tensor(py::handle t, const char* name, const TensorArg& like, int64_t* tokens, int64_t* heads) {
+  const TensorArg a = tensor_arg(t, name, 3);
+  if (a.kind != like.kind) fail(std::string(name) + " must have the dtype of q");
+  if (a.size[2] != like.size[2]) fail(std::string(name) + " must have q's head_dim");
+  if (a.size[2] > 1 && a.stride[2] != 1) fail(std::string(name) + "'s head_dim elements must be contiguous");
+  *tokens = a.size[0];
+  *heads = a.size[1];
+  return {a.data, a.stride[0], a.stride[1]};
+}
+
+py::object varlen_attention_op(py::handle q, py::handle k, py::handle v, py::handle cu_seqlens, double scale,
+                               py::handle prefix_k, py::handle prefix_v, py::handle prefix_spans, int threads) {
+  const TensorArg qa = tensor_arg(q, "q", 3);
+  if (qa.kind != Kind::f32 && qa.kind != Kind::bf16 && qa.kind != Kind::f16)
+    fail("q must be float32, bfloat16 or float16");
+  const int64_t N = qa.size[0], Hq = qa.size[1], D = qa.size[2];
+  if (D > 1 && qa.stride[2] != 1) fail("q's head_dim elements must be contiguous");
+  AttentionArgs args{};
+  args.dtype = static_cast<DType>(qa.kind);
+  args.q = {qa.data, qa.stride[0], qa.stride[1]};
+  int64_t n, Hkv, n2, h2;
+  args.k = heads_tensor(k, "k", qa, &n, &Hkv);
+  args.v = heads_tensor(v, "v", qa, &n2, &h2);
+  if (n != N || n2 != N || h2 != Hkv) fail("k and v must be [tokens, heads_kv, head_dim] with q's tokens");
+  if (Hkv < 1 || Hq % Hkv != 0) fail("q's heads must be a multiple of k's heads");
+  if (!attention_supported(g_isa, static_cast<int>(D)))
+    fail("no attention kernel for head_dim " + std::to_string(D) + " on the ISA " + isa_name(g_isa));
+  int64_t B1;
+  const int64_t* cu = int64_vector(cu_seqlens, "cu_seqlens", &B1);
+  if (B1 < 1 || cu[0] != 0 || cu[B1 - 1] != N) fail("cu_seqlens must start at 0 and end at q's token count");
+  for (int64_t r = 0; r + 1 < B1; ++r)
+    if (cu[r + 1] < cu[r]) fail("cu_seqlens must be non-decreasing");
+  if (prefix_spans.is_none() != prefix_k.is_none() || prefix_k.is_none() != prefix_v.is_none())
+    fail("prefix_k, prefix_v and prefix_spans go together");
+  if (!prefix_spans.is_none()) {
+    int64_t P, ph, P2, ph2;
+    args.prefix_k = heads_tensor(prefix_k, "prefix_k", qa, &P, &ph);
+    args.prefix_v = heads_tensor(prefix_v, "prefix_v", qa, &P2, &ph2);
+    if (P2 != P || ph != Hkv || ph2 != Hkv) fail("prefix_k and prefix_v must be [prefix_tokens, heads_kv, head_dim]");
+    const TensorArg sp = tensor_arg(prefix_spans, "prefix_spans", 2);
+    if (sp.kind != Kind::i64 || sp.size[0] != B1 - 1 || sp.size[1] != 2 || (sp.size[0] > 0 && sp.stride[0] != 2) ||
+        sp.stride[1] != 1)
+      fail("prefix_spans must be a contiguous int64 [rows, 2] tensor");
+    args.prefix_spans = reinterpret_cast<const int64_t*>(sp.data);
+    for (int64_t r = 0; r + 1 < B1; ++r)
+      if (args.prefix_spans[2 * r] < 0 || args.prefix_spans[2 * r + 1] < args.prefix_spans[2 * r] ||
+          args.prefix_spans[2 * r + 1] > P)
+        fail("prefix_spans[" + std::to_string(r) + "] is not a span of the prefix tokens");
+  }
+  args.heads_q = static_cast<int>(Hq);
+  args.heads_kv = static_cast<int>(Hkv);
+  args.head_dim = static_cast<int>(D);
+  args.scale = static_cast<float>(scale);
+  args.rows = B1 - 1;
+  args.cu_seqlens = cu;
+  args.threads = std::max(1, threads);
+  const bool half = qa.kind != Kind::f32;
+  py::array out = half ? py::array(new_output<uint16_t>({N, Hq, D})) : py::array(new_output<float>({N, Hq, D}));
+  args.out = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    varlen_attention(g_isa, args);
+  }
+  py::object result = as_tensor(out);
+  if (half) result = result.attr(g_torch->view)(g_torch->dtypes[static_cast<int>(qa.kind)]);
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -345,4 +415,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("score_backward", &score_backward_op, py::arg("grad_step_logits"), py::arg("hidden"), py::arg("weight"),
         py::arg("step_index"),
         "(grad_hidden, grad_weight, grad_bias) of fastprm::score_steps_backward (step_index None: rows mode)");
+  m.def("attention_supported", [](int head_dim) { return attention_supported(g_isa, head_dim); },
+        py::arg("head_dim"), "Whether the selected ISA has a varlen attention kernel for this head_dim");
+  m.def("varlen_attention", &varlen_attention_op, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens"),
+        py::arg("scale"), py::arg("prefix_k"), py::arg("prefix_v"), py::arg("prefix_spans"), py::arg("threads"),
+        "Causal varlen attention (inference) of fastprm::varlen_attention: out [tokens, heads_q, head_dim]");
 }

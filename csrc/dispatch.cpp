@@ -1,4 +1,5 @@
-// Runtime ISA detection and the table of row primitives per ISA.
+// Runtime ISA detection, and the kernels of each ISA.
+#include "attention.h"
 #include "row_ops.h"
 
 namespace fastprm {
@@ -54,6 +55,34 @@ RowOps row_ops(Isa isa, DType dtype) {
 #endif
     default:
       return portable::row_ops(dtype);
+  }
+}
+
+bool attention_supported(Isa isa, int head_dim) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::avx2:
+      return avx2::attention_supported(head_dim);
+    case Isa::avx512:
+    case Isa::avx512_bf16:
+      return avx512::attention_supported(head_dim);
+#endif
+    default:
+      return false;
+  }
+}
+
+void varlen_attention(Isa isa, const AttentionArgs& args) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::avx2:
+      return avx2::varlen_attention(args);
+    case Isa::avx512:
+    case Isa::avx512_bf16:
+      return avx512::varlen_attention(args);
+#endif
+    default:
+      return;
   }
 }
 

@@ -1,15 +1,20 @@
-"""Variable-length attention for transformers backbones without flash-attention: causal SDPA per row.
+"""Variable-length attention for transformers backbones without flash-attention.
 
 A packed [1, N] batch under transformers' SDPA path gets a dense N x N block-diagonal mask, so attention
 costs N^2 and the block-diagonal structure is never exploited (measured: over half of a packed training step
-of the demo model). Here each row (a packed segment, or a right-padded row up to its length) runs its own
-mask-free causal SDPA: sum(L^2) work, no mask tensor, and padding is never attended to or computed.
+of the demo model). Here each row (a packed segment, or a right-padded row) is attended on its own: sum(L^2)
+work, no mask tensor, and padding is never attended to. On CPU without autograd, fastprm's varlen attention
+kernel (:func:`fastprm.ops.varlen_attention`) does all rows in one call; elsewhere (training, GPU, CPUs
+without a kernel) each row runs a mask-free causal SDPA.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from ..ops.varlen_attention.api import varlen_attention as packed_varlen_attention
+from ..ops.varlen_attention.cpu import kernel_applies
 
 NAME = "fastprm_varlen"
 
@@ -52,11 +57,13 @@ def varlen_attention(
     B, Hq, T, D = query.shape
     dropout = dropout if module.training else 0.0
     S = key.shape[2]
-    if S != T:
-        if B != 1 or attention_mask is not None:
-            raise ValueError("fastprm's varlen attention takes a cached prefix for one unpadded row only")
-        return _after_prefix(query, key, value, dropout, scaling).transpose(1, 2), None
+    if S != T and (B != 1 or attention_mask is not None):
+        raise ValueError("fastprm's varlen attention takes a cached prefix for one unpadded row only")
     segments = _row_segments(kwargs.get("position_ids"), attention_mask, B, T)
+    if dropout == 0.0 and kernel_applies(query, key, value):
+        return _with_kernel(query, key, value, segments, attention_mask, scaling), None
+    if S != T:
+        return _after_prefix(query, key, value, dropout, scaling).transpose(1, 2), None
     rows = []
     for b, spans in enumerate(segments):
         parts = [
@@ -77,6 +84,46 @@ def varlen_attention(
             parts.append(query.new_zeros(1, Hq, T - covered, D))
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows).transpose(1, 2), None
+
+
+def _with_kernel(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: list[list[tuple[int, int]]],
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """All rows of the batch in one call of the C++ kernel: [B, T, Hq, D].
+
+    A cached prefix (keys longer than the queries, one row) is the kernel's prefix span. Right-padded rows run
+    whole, padding included (causal: no real token sees a pad), and the pad positions are zeroed afterwards.
+    """
+    B, Hq, T, D = query.shape
+    S = key.shape[2]
+    scale = D**-0.5 if scaling is None else scaling
+    q = query.transpose(1, 2).reshape(B * T, Hq, D)
+    if S != T:
+        P = S - T
+        k, v = key[0, :, P:].transpose(0, 1), value[0, :, P:].transpose(0, 1)
+        prefix = {
+            "prefix_k": key[0, :, :P].transpose(0, 1),
+            "prefix_v": value[0, :, :P].transpose(0, 1),
+            "prefix_spans": torch.tensor([[0, P]]),
+        }
+        cu_seqlens = torch.tensor([0, T])
+    else:
+        k = key.transpose(1, 2).reshape(B * T, -1, D)
+        v = value.transpose(1, 2).reshape(B * T, -1, D)
+        prefix = {}
+        if attention_mask is None and B == 1:
+            cu_seqlens = torch.tensor([0, *(e for _, e in segments[0])])
+        else:
+            cu_seqlens = torch.arange(0, B * T + 1, T)
+    out = packed_varlen_attention(q, k, v, cu_seqlens, scale=scale, **prefix).view(B, T, Hq, D)
+    if attention_mask is not None:
+        out.masked_fill_(~attention_mask.bool()[:, :, None, None], 0)
+    return out
 
 
 # Queries per attention call after a cached prefix (measured on an AMD EPYC Zen 5 at Qwen2.5-0.5B widths:

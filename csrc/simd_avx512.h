@@ -1,0 +1,95 @@
+// AVX512 vector and element types shared by the avx512 kernel files (row ops, attention). Include
+// only from files compiled with the avx512 flags of CMakeLists.txt: everything here has internal linkage, so
+// each file gets its own copy built with its own instruction set.
+#pragma once
+
+#include <immintrin.h>
+
+#include "row_ops.h"
+
+namespace fastprm {
+namespace avx512 {
+namespace {
+
+struct Vec16 {
+  using Reg = __m512;
+  static constexpr int kWidth = 16;
+  static Reg zero() { return _mm512_setzero_ps(); }
+  static Reg set1(float v) { return _mm512_set1_ps(v); }
+  static Reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, Reg v) { _mm512_storeu_ps(p, v); }
+  static Reg add(Reg a, Reg b) { return _mm512_add_ps(a, b); }
+  static Reg mul(Reg a, Reg b) { return _mm512_mul_ps(a, b); }
+  static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static float sum(Reg v) { return _mm512_reduce_add_ps(v); }
+  static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
+  static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
+  static float max_of(Reg v) { return _mm512_reduce_max_ps(v); }
+  // 2^x: x = n + f with n = round(x), |f| <= 1/2, 2^f by Cephes' exp2f polynomial (relative error ~2e-7), then
+  // scaled by 2^n with vscalefps, which flushes to 0 below the normal range. x is clamped to [-150, 128]
+  // first, so x = -inf gives 0 rather than NaN.
+  static Reg exp2(Reg x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-150.f)), _mm512_set1_ps(128.f));
+    const Reg n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const Reg f = _mm512_sub_ps(x, n);
+    Reg p = _mm512_set1_ps(1.535336188319500e-4f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);
+  }
+  // Rows of a register tile in the attention micro-kernels: 4 rows x 4 vectors = 16 of the 32 registers.
+  static constexpr int kTileRows = 4;
+};
+
+struct F32 {
+  using T = float;
+  static __m512 load(const T* p) { return _mm512_loadu_ps(p); }
+  static void store(T* p, __m512 v) { _mm512_storeu_ps(p, v); }
+  static float scalar(T v) { return v; }
+  static T from_float(float v) { return v; }
+};
+
+struct BF16 {
+  using T = uint16_t;
+  static __m512 load(const T* p) {
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+  static void store(T* p, __m512 v) {
+    // Round to nearest even on the integer bits; NaN lanes become torch's canonical NaN.
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 is_nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    rounded = _mm512_mask_mov_epi32(rounded, is_nan, _mm512_set1_epi32(0x7fc0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(rounded));
+  }
+  static float scalar(T v) { return bf16_to_float(v); }
+  static T from_float(float v) { return float_to_bf16(v); }
+};
+
+// Same as BF16 but rounds with the AVX512-BF16 instruction (round to nearest even, as torch).
+struct BF16Native : BF16 {
+  static void store(T* p, __m512 v) {
+    const __m256bh packed = _mm512_cvtneps_pbh(v);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)packed);
+  }
+};
+
+struct F16 {
+  using T = uint16_t;
+  static __m512 load(const T* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static void store(T* p, __m512 v) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  static float scalar(T v) { return f16_to_float(v); }
+  static T from_float(float v) { return float_to_f16(v); }
+};
+
+}  // namespace
+}  // namespace avx512
+}  // namespace fastprm
