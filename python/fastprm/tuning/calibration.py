@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from .._native import native
 from ..machine import cpu_description
 from ..models.gemm_routes import available_gemm_routes, default_gemm_route, route_gemms, routed_linears
 from ..models.step_rows import uncompile_backbone
@@ -73,8 +74,8 @@ _retuned: set[str] = set()  # keys calibrated again in this process under FASTPR
 
 
 def calibration_key(prm) -> dict:
-    """What a calibration depends on: CPU model and ISA flags, threads, torch and fastprm versions, device,
-    dtype and the backbone's shape."""
+    """What a calibration depends on: CPU model and ISA flags, the extension's code path (FASTPRM_CPU_ISA can
+    force another), threads, torch and fastprm versions, device, dtype and the backbone's shape."""
     config = prm.backbone.config
     cpu, flags = cpu_description()
     shape = {
@@ -93,6 +94,7 @@ def calibration_key(prm) -> dict:
     return {
         "cpu": cpu,
         "isa_flags": flags,
+        "kernel_isa": native.selected_isa() if native else "reference",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "fastprm": __version__,
