@@ -313,7 +313,14 @@ class TreeRSS:
         return max(self.peak, own) / 2**20
 
 
-def run_vllm(method: str, model_dir: Path, dtype: str, tokens_path: Path, probs_path: Path) -> dict:
+def run_vllm(
+    method: str,
+    model_dir: Path,
+    dtype: str,
+    tokens_path: Path,
+    probs_path: Path,
+    prefix_caching: bool = False,
+) -> dict:
     """vLLM's pooling runner over the parent's token ids; runs in the vLLM venv (no fastprm import here).
 
     Not timed, as the fastprm method does not time its model load: building the LLM (weights, KV cache,
@@ -321,7 +328,8 @@ def run_vllm(method: str, model_dir: Path, dtype: str, tokens_path: Path, probs_
     whatever vLLM still compiles or initializes lazily on the first real batch. Timed: one encode() of all
     rows and reading P(step good) out of its results, plus the parent's tokenization time (see
     prepare_vllm_inputs). vLLM batches the rows itself with its defaults (here 4096 tokens per step);
-    prefix caching and chunked prefill are off, as vLLM sets them for step pooling.
+    prefix caching and chunked prefill are off, as vLLM sets them for step pooling, unless ``prefix_caching``
+    asks for prefix caching (bench_search.py: rows that share a problem).
     """
     from vllm import LLM
     from vllm.config import PoolerConfig
@@ -340,6 +348,7 @@ def run_vllm(method: str, model_dir: Path, dtype: str, tokens_path: Path, probs_
         # Ids come in ready-made: a tokenizer would cost ~0.4 GB in each of two processes and do nothing
         # (vLLM then logs a failed chat-template warmup, which is harmless here).
         skip_tokenizer_init=True,
+        **({"enable_prefix_caching": True} if prefix_caching else {}),
     )
     llm.encode(prompts[:4], pooling_task="token_classify", use_tqdm=False)
     start = time.perf_counter()

@@ -57,7 +57,12 @@ def test_pipeline_runs_end_to_end(tmp_path, capsys):
     scored = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
     assert len(scored) == 4 * 8 and all("scores" in row for row in scored)
     printed = capsys.readouterr().out
-    assert "[5/5] report" in printed and "best-of-8 accuracy" in printed and str(tmp_path) in printed
+    assert (
+        "[6/6] report" in printed
+        and "search accuracy" in printed
+        and "best-of-8 accuracy" in printed
+        and str(tmp_path) in printed
+    )
 
 
 def test_pipeline_is_fastprm_commands():
@@ -65,7 +70,7 @@ def test_pipeline_is_fastprm_commands():
     from fastprm.cli import build_parser
 
     steps = pipeline(Path("w"), max_steps=7, seed=3)
-    assert [argv[0] for _, argv in steps] == ["train", "score", "eval", "eval", "report"]
+    assert [argv[0] for _, argv in steps] == ["train", "score", "eval", "eval", "search", "search", "eval", "report"]
     parser = build_parser()
     for _, argv in steps:
         parser.parse_args(argv)

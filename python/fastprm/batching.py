@@ -29,6 +29,49 @@ def token_budget_batches(
     return batches
 
 
+def prompt_group_batches(
+    prompts: Sequence[tuple[int, ...]], lengths: Sequence[int], batch_tokens: int
+) -> list[tuple[list[tuple[int, ...]], list[list[int]]]]:
+    """Rows grouped by prompt for problem-shared scoring: [(prompts, sub-batches of row indices), ...].
+
+    Each entry's prompts run once, in one forward; its rows then run after them, their own tokens only
+    (``lengths[i] - len(prompts[i])``), in the sub-batches. Whole groups (rows of one prompt, in order of
+    first appearance) share an entry while their prompts and rows fit in ``batch_tokens``; a group that does
+    not fit alone is an entry of its own, its rows in sub-batches of at most ``batch_tokens`` tokens (a longer
+    row alone). So one entry's prompts are alive at a time: at most one big group's prefix.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(i)
+    entries: list[tuple[list[tuple[int, ...]], list[list[int]]]] = []
+    shared: list[tuple[int, ...]] = []
+    members: list[int] = []
+    used = 0
+    for prompt, rows in groups.items():
+        cost = len(prompt) + sum(lengths[i] - len(prompt) for i in rows)
+        if members and used + cost > batch_tokens:
+            entries.append((shared, [members]))
+            shared, members, used = [], [], 0
+        if cost <= batch_tokens:
+            shared.append(prompt)
+            members += rows
+            used += cost
+            continue
+        sub_batches: list[list[int]] = [[]]
+        filled = 0
+        for i in rows:
+            own = lengths[i] - len(prompt)
+            if sub_batches[-1] and filled + own > batch_tokens:
+                sub_batches.append([])
+                filled = 0
+            sub_batches[-1].append(i)
+            filled += own
+        entries.append(([prompt], sub_batches))
+    if members:
+        entries.append((shared, [members]))
+    return entries
+
+
 # Backbone batch layouts of the Scorer: one forward per row, one packed varlen sequence, right-padded rows.
 LAYOUTS = ("rows", "packed", "padded")
 

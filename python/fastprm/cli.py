@@ -1,4 +1,5 @@
-"""The ``fastprm`` command line: every command's options (``score``, ``train``, ``eval``, ``report``, ``demo``),
+"""The ``fastprm`` command line: every command's options (``score``, ``train``, ``eval``, ``report``, ``tune``,
+``search``, ``demo``),
 checked when parsed, and the ``score`` pipeline.
 
 Building the parser imports neither torch, transformers nor numpy: the choices come from torch-free modules
@@ -112,6 +113,17 @@ def train_dtype_name(text: str) -> str:
     if text not in TRAIN_DTYPES:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(TRAIN_DTYPES)}, got {text!r}")
     return DTYPES[text]
+
+
+def escaped_text(text: str) -> str:
+    """Text with backslash escapes (``\\n``) decoded; never empty."""
+    try:
+        value = text.encode("utf-8").decode("unicode_escape")
+    except UnicodeDecodeError as err:
+        raise argparse.ArgumentTypeError(f"bad escape in {text!r}: {err.reason}") from None
+    if not value:
+        raise argparse.ArgumentTypeError("expected a non-empty text")
+    return value
 
 
 def aggregate_list(text: str) -> list[str]:
@@ -485,6 +497,18 @@ def _add_eval(sub) -> None:
     _add_eval_outputs(bon)
     bon.set_defaults(func=_lazy(".eval_cli", "eval_bon"))
 
+    search = kinds.add_parser("search", help="accuracy and generation budget of fastprm search outputs")
+    search.add_argument("--best-of-n", default=None, help="a best-of-n fastprm search output (gold 'answer')")
+    search.add_argument("--beam", default=None, help="a beam fastprm search output (gold 'answer')")
+    search.add_argument(
+        "--aggregate",
+        choices=AGGREGATES,
+        default="min",
+        help="what the best-of-n search ranked by (default min)",
+    )
+    _add_eval_outputs(search)
+    search.set_defaults(func=_lazy(".eval_cli", "eval_search"))
+
     report = sub.add_parser("report", help="HTML report (tables and figures) of fastprm eval outputs")
     report.add_argument(
         "--metrics", nargs="+", required=True, help="metrics JSON files or directories of them"
@@ -547,6 +571,49 @@ def _add_tune(sub) -> None:
     p.set_defaults(func=_lazy(".tune_cli", "tune"))
 
 
+# -- fastprm search ---------------------------------------------------------------------------------------
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser(
+        "search", help="best-of-N or step-level beam search with a PRM over a file of problems"
+    )
+    p.add_argument("--model", required=True, help="PRM checkpoint directory")
+    p.add_argument(
+        "--generator",
+        required=True,
+        help="a causal LM directory, or 'synthetic' (the demo task's scripted solver)",
+    )
+    p.add_argument("--input", required=True, help="JSONL rows with a 'problem' (and optional 'id', 'answer')")
+    p.add_argument("--output", required=True, help="JSONL: the chosen solution, every candidate, counters")
+    p.add_argument("--method", choices=("best-of-n", "beam"), default="best-of-n")
+    p.add_argument("--n", type=positive_int, default=8, help="best-of-n: solutions per problem")
+    p.add_argument("--vote", action="store_true", help="best-of-n: PRM-weighted majority vote")
+    p.add_argument(
+        "--aggregate", choices=AGGREGATES, default=None, help="how step scores rank (default min; beam: last)"
+    )
+    p.add_argument("--beam-width", type=positive_int, default=4)
+    p.add_argument("--expansions", type=positive_int, default=4, help="beam: next steps sampled per beam")
+    p.add_argument("--max-steps", type=positive_int, default=10, help="beam: deepest step")
+    p.add_argument(
+        "--prune-below", type=probability, default=None, help="beam: drop a step scored below this"
+    )
+    p.add_argument(
+        "--stop",
+        type=escaped_text,
+        default=None,
+        help="text between steps, escapes allowed (default: the generator's)",
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=512)
+    p.add_argument("--temperature", type=positive_float, default=0.7)
+    p.add_argument("--error-rate", type=probability, default=0.3, help="synthetic generator: error rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", type=dtype_name, default=None, metavar="|".join(DTYPES), help="default auto")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_lazy(".search_cli", "search"))
+
+
 # -- the parser -------------------------------------------------------------------------------------------
 
 
@@ -562,7 +629,7 @@ def _lazy(module: str, name: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastprm", description="Fast process reward models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_score, _add_train, _add_eval, _add_tune, _add_demo):
+    for add in (_add_score, _add_train, _add_eval, _add_tune, _add_search, _add_demo):
         add(sub)
     return parser
 

@@ -1,4 +1,5 @@
-"""``fastprm eval processbench|bon`` (metrics of rows scored by ``fastprm score``) and ``fastprm report``.
+"""``fastprm eval processbench|bon`` (metrics of rows scored by ``fastprm score``), ``fastprm eval search``
+(accuracy of ``fastprm search`` outputs) and ``fastprm report``.
 
 The options are defined and checked in :mod:`fastprm.cli`; these handlers read and check the files, compute
 the metrics (:mod:`fastprm.metrics`, whose rule for missing scores they follow: a null step score is never
@@ -37,26 +38,31 @@ def read_scored(path: str) -> tuple[list[tuple[int, dict]], int]:
     records (``{"error": ...}``, written by ``--skip-bad-rows``) skipped. Any problem ends the command with
     one line naming the file and line."""
     rows, skipped = [], 0
+    for line_no, row in _json_lines(path):
+        if isinstance(row, dict) and "error" in row and "scores" not in row:
+            skipped += 1
+            continue
+        scores = row.get("scores") if isinstance(row, dict) else None
+        if not isinstance(scores, dict) or not isinstance(scores.get("step_scores"), list):
+            raise _fail(f"{path}:{line_no}: no 'scores' (is this a fastprm score output?)")
+        if not all(_is_score(s) for s in scores["step_scores"]):
+            raise _fail(f"{path}:{line_no}: 'step_scores' must hold numbers (or null)")
+        rows.append((line_no, row))
+    if not rows:
+        raise _fail(f"{path}: no scored rows")
+    return rows, skipped
+
+
+def _json_lines(path: str):
+    """(line number, decoded JSON) of every non-blank line; a line that is not JSON ends the command."""
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8"))
+                yield line_no, json.loads(raw.decode("utf-8"))
             except ValueError as err:  # not JSON, or not UTF-8
                 raise _fail(f"{path}:{line_no}: {err}") from None
-            if isinstance(row, dict) and "error" in row and "scores" not in row:
-                skipped += 1
-                continue
-            scores = row.get("scores") if isinstance(row, dict) else None
-            if not isinstance(scores, dict) or not isinstance(scores.get("step_scores"), list):
-                raise _fail(f"{path}:{line_no}: no 'scores' (is this a fastprm score output?)")
-            if not all(_is_score(s) for s in scores["step_scores"]):
-                raise _fail(f"{path}:{line_no}: 'step_scores' must hold numbers (or null)")
-            rows.append((line_no, row))
-    if not rows:
-        raise _fail(f"{path}: no scored rows")
-    return rows, skipped
 
 
 def _is_score(value: object) -> bool:
@@ -81,12 +87,14 @@ def subset_of(row_id: object) -> str:
     return "all"
 
 
-def _check_files(args: argparse.Namespace) -> None:
-    """The scores file exists, and the outputs can be written without touching it."""
+def _check_files(args: argparse.Namespace, inputs: list[tuple[str, str]] | None = None) -> None:
+    """The input files (default ``--scores``) exist, and the outputs can be written without touching them."""
+    inputs = [("--scores", args.scores)] if inputs is None else inputs
     try:
-        check_input_file(args.scores, "--scores")
+        for option, path in inputs:
+            check_input_file(path, option)
         if args.output:
-            check_output_file(args.output, "--output", [("--scores", args.scores)])
+            check_output_file(args.output, "--output", inputs)
         if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
             raise ValueError(f"--plots {args.plots}: not a folder")
     except ValueError as err:
@@ -220,6 +228,26 @@ def _problem(args: argparse.Namespace, members: list[tuple[int, dict]]) -> Probl
             raise _fail(f"{args.scores}:{bad}: scores[{agg!r}] must be a number or null")
         scores[agg] = [_score(v) for v in values]
     return Problem(correct, scores, answers)
+
+
+def eval_search(args: argparse.Namespace) -> int:
+    from .metrics.search import search_metrics
+
+    inputs = [
+        (option, path) for option, path in (("--best-of-n", args.best_of_n), ("--beam", args.beam)) if path
+    ]
+    if not inputs:
+        raise _fail("give --best-of-n or --beam (fastprm search outputs)")
+    _check_files(args, inputs)
+    loaded: dict[str, list[dict]] = {"--best-of-n": [], "--beam": []}
+    for option, path in inputs:
+        for line_no, row in _json_lines(path):
+            if not isinstance(row, dict) or not {"answer", "candidates", "counters"} <= row.keys():
+                raise _fail(f"{path}:{line_no}: not a fastprm search row with a gold 'answer'")
+            loaded[option].append(row)
+    metrics = search_metrics(loaded["--best-of-n"], loaded["--beam"], args.aggregate)
+    _publish({**metrics, "scores_file": ", ".join(p for p in (args.best_of_n, args.beam) if p)}, args)
+    return 0
 
 
 def report(args: argparse.Namespace) -> int:

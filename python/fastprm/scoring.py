@@ -7,6 +7,7 @@ row order) -> :meth:`PRM.score_step_rows` (head + :func:`fastprm.ops.score_steps
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .batching import LAYOUTS, token_budget_batches
+from .batching import LAYOUTS, prompt_group_batches, token_budget_batches
 from .io import json_safe
 from .machine import fit_threads_to_cores
 from .models.gemm_routes import check_gemm_route
 from .models.step_rows import compile_backbone
+from .models.varlen_attention import NAME as VARLEN_ATTENTION
 from .packing import cu_seqlens, pack_rows, pad_rows
 from .tokenization import StepTokenizer, TokenizedSolution
 from .tuning.plan import ScoringPlan
@@ -77,11 +79,15 @@ class Scorer:
             do not depend on it (tested to 1e-5 in fp32).
         gemm_route: how matmuls run: ``torch``, ``onednn`` or ``fp32`` (bf16 values through fp32 GEMMs);
             see :mod:`fastprm.models.gemm_routes`.
-        share_prefix: in the ``rows`` layout, rows with the same prompt (template + problem: best-of-N
-            candidates, or any rows of one problem) run that prompt once per call and reuse its keys and
-            values, and the template's header (system prompt, chat header) runs once for the scorer's life.
-            Every row is split at its header and its prompt whether or not another row shares them, so a
-            row's scores are the same bits alone or in any batch. Default: on, unless compiling.
+        share_prefix: rows with the same prompt (template + problem: best-of-N candidates, or any rows of
+            one problem) run that prompt once per call and reuse its keys and values. In the ``rows``
+            layout the template's header (system prompt, chat header) also runs once for the scorer's life,
+            and every row is split at its header and its prompt whether or not another row shares them, so a
+            row's scores are the same bits alone or in any batch. In the ``packed`` layout (with fastprm's
+            varlen attention, the CPU default) each batch's distinct prompts run once together and its rows
+            follow, each after its own prompt (:func:`~fastprm.batching.prompt_group_batches`). Not in the
+            ``padded`` layout: it serves attention implementations that cannot give each row its own
+            prefix. Default: on, unless compiling.
         compile: run the backbone's layers through ``torch.compile(dynamic=True)`` (see
             :func:`~fastprm.models.step_rows.compile_backbone`).
     """
@@ -128,6 +134,10 @@ class Scorer:
         )
         self.pad_id = prm.tokenizer.pad_token_id if prm.tokenizer.pad_token_id is not None else 0
         self._header: tuple[tuple[int, ...], Cache] | None = None  # the template header's ids and cache
+        # Rows of a packed batch can continue different prompts only through fastprm's varlen attention.
+        self._per_row_prefixes = (
+            getattr(prm.backbone.config, "_attn_implementation", None) == VARLEN_ATTENTION
+        )
 
     def score(self, problems: Sequence[str], solutions: Sequence[Sequence[str]]) -> list[SolutionScores]:
         """Per-solution step scores, in input order. A bad row raises
@@ -139,6 +149,8 @@ class Scorer:
         """Per-row step scores of tokenized rows, in input order."""
         if self.plan.layout == "rows":
             return self._score_rows(rows)
+        if self.plan.layout == "packed" and self.share_prefix and self._per_row_prefixes:
+            return self._score_packed_groups(rows)
         results: list[SolutionScores | None] = [None] * len(rows)
         for batch in token_budget_batches([len(r.input_ids) for r in rows], self.plan.batch_tokens):
             members = [rows[i] for i in batch]
@@ -164,6 +176,48 @@ class Scorer:
                 results[i] = result
         return results  # type: ignore[return-value]
 
+    def _score_packed_groups(self, rows: Sequence[TokenizedSolution]) -> list[SolutionScores]:
+        """The ``packed`` layout with problem-shared prefixes: per batch, the distinct prompts run once in
+        one packed forward, then every row runs only its own tokens after its prompt's keys and values
+        (:meth:`PRM.packed_step_hidden_states`). Rows without a step run nothing."""
+        results: list[SolutionScores | None] = [None] * len(rows)
+        scored = []
+        for i, r in enumerate(rows):
+            if r.step_ends:
+                scored.append(i)
+            else:
+                results[i] = _no_steps(r)
+        prompts = [tuple(rows[i].input_ids[: rows[i].prompt_length]) for i in scored]
+        route = self.plan.gemm_route
+        for batch_prompts, sub_batches in prompt_group_batches(
+            prompts, [len(rows[i].input_ids) for i in scored], self.plan.batch_tokens
+        ):
+            prefix, span_of = None, {(): (0, 0)}
+            distinct = [p for p in batch_prompts if p]
+            if distinct:
+                _, prefix = self.prm.packed_step_hidden_states(
+                    [list(p) for p in distinct], [[] for _ in distinct], capture=True, gemm_route=route
+                )
+                bounds = [0, *itertools.accumulate(len(p) for p in distinct)]
+                span_of.update({p: (bounds[j], bounds[j + 1]) for j, p in enumerate(distinct)})
+            for members in sub_batches:
+                batch = [rows[scored[m]] for m in members]
+                cut = [len(prompts[m]) for m in members]
+                hidden, _ = self.prm.packed_step_hidden_states(
+                    [r.input_ids[c:] for r, c in zip(batch, cut)],
+                    [[e - c for e in r.step_ends] for r, c in zip(batch, cut)],
+                    prefix=prefix,
+                    prefix_spans=[span_of[prompts[m]] for m in members],
+                    gemm_route=route,
+                )
+                scores = self.prm.score_step_rows(
+                    hidden, cu_seqlens([len(r.step_ends) for r in batch]), self.threshold
+                )
+                for m, result in zip(members, _solution_scores(scores, batch)):
+                    results[scored[m]] = result
+            del prefix
+        return results  # type: ignore[return-value]
+
     def _score_rows(self, rows: Sequence[TokenizedSolution]) -> list[SolutionScores]:
         """The ``rows`` layout: one unpadded forward, head and op call per row, so no row's result depends on
         another's. With ``share_prefix`` each row runs after the cached keys and values of its prompt,
@@ -173,7 +227,6 @@ class Scorer:
         for i, r in enumerate(rows):
             split = r.prompt_length if self.share_prefix and r.step_ends else 0
             groups.setdefault(tuple(r.input_ids[:split]), []).append(i)
-        hidden_size = self.prm.backbone.config.hidden_size
         results: list[SolutionScores | None] = [None] * len(rows)
         for prompt, members in groups.items():
             prefix = self._prompt_cache(prompt, rows[members[0]].template_length)
@@ -185,12 +238,12 @@ class Scorer:
                     hidden = self.prm.step_hidden_states(
                         ids, ends, prefix=prefix, gemm_route=self.plan.gemm_route
                     )
+                    cu_steps = torch.tensor([0, len(row.step_ends)], device=device)
+                    results[i] = _solution_scores(
+                        self.prm.score_step_rows(hidden, cu_steps, self.threshold), [row]
+                    )[0]
                 else:  # every step dropped by truncation: no forward, an empty result
-                    hidden = torch.empty(0, hidden_size, dtype=self.prm.dtype, device=device)
-                cu_steps = torch.tensor([0, len(row.step_ends)], device=device)
-                results[i] = _solution_scores(
-                    self.prm.score_step_rows(hidden, cu_steps, self.threshold), [row]
-                )[0]
+                    results[i] = _no_steps(row)
             del prefix
         return results  # type: ignore[return-value]
 
@@ -209,6 +262,12 @@ class Scorer:
             rest_ids = torch.tensor([rest], device=device)
             cache = self.prm.prefix_cache(rest_ids, after=cache, gemm_route=self.plan.gemm_route)
         return cache
+
+
+def _no_steps(row: TokenizedSolution) -> SolutionScores:
+    """The result of a row whose every step truncation dropped: no score."""
+    nan = math.nan
+    return SolutionScores([], nan, nan, nan, nan, None, row.steps_dropped, row.prompt_tokens_dropped)
 
 
 def _solution_scores(scores: StepScores, rows: list[TokenizedSolution]) -> list[SolutionScores]:

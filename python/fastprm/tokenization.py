@@ -175,16 +175,39 @@ class StepTokenizer:
             raise ValueError(f"got {len(problems)} problems but {len(solutions)} solutions")
         for r, (problem, steps) in enumerate(zip(problems, solutions)):
             check_row(problem, steps, first_row + r)
-        joiner = self.convention.step_joiner
-        first = " " if self.convention.template == QUESTION_SPACE else ""
-        step_texts = [(joiner if i else first) + step for steps in solutions for i, step in enumerate(steps)]
-        _, before, after, _, _ = self._frame()
-        problem_ids = self.encode_text([before + p + after for p in problems], continuation=bool(before))
+        step_texts = [self._step_text(step, i == 0) for steps in solutions for i, step in enumerate(steps)]
+        problem_ids = self._problem_ids(problems)
         step_ids = iter(self.encode_text(step_texts, continuation=True))
         rows = []
         for r, (pids, steps) in enumerate(zip(problem_ids, solutions)):
             rows.append(self._assemble(pids, [next(step_ids) for _ in steps], first_row + r))
         return rows
+
+    def _step_text(self, step: str, first: bool) -> str:
+        """A step's text as it is tokenized: after the convention's joiner, or its lead-in for the first."""
+        if first:
+            return (" " if self.convention.template == QUESTION_SPACE else "") + step
+        return self.convention.step_joiner + step
+
+    def _problem_ids(self, problems: Sequence[str]) -> list[list[int]]:
+        """The problems' ids, with the template text joined around them."""
+        _, before, after, _, _ = self._frame()
+        return self.encode_text([before + p + after for p in problems], continuation=bool(before))
+
+    # -- incremental rows (sessions) -----------------------------------------------------------------------------
+
+    def prompt_ids(self, problem: str, row: int = 0) -> list[int]:
+        """The ids before a solution's first step (template and problem), as :meth:`__call__` builds them;
+        no truncation (a session checks its own length)."""
+        _check_text(problem, "the problem", row)
+        head, _, _, mid, _ = self._frame()
+        return [*head, *self._problem_ids([problem])[0], *mid]
+
+    def step_ids(self, step: str, first: bool, row: int = 0) -> list[int]:
+        """One step's ids and its separator ids, as :meth:`__call__` builds them (``first``: the solution's
+        first step)."""
+        _check_text(step, "the step", row)
+        return self.encode_text([self._step_text(step, first)], continuation=True)[0] + self.separator_ids
 
     def from_ids(self, input_ids: Sequence[int], row: int = 0) -> TokenizedSolution:
         """Find mode: a pre-tokenized sequence (e.g. from an RL trainer) whose separator tokens mark the steps.

@@ -6,6 +6,7 @@ import copy
 import functools
 import importlib.util
 import inspect
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from .step_rows import last_layer_at_rows
 
 if TYPE_CHECKING:
     from ..scoring import SolutionScores
+    from ..sessions import StepSession
 
 # fastprm's own format keeps the head under this prefix, with fastprm's parameter names.
 FASTPRM_HEAD_PREFIX = "head"
@@ -275,6 +277,60 @@ class PRM(nn.Module):
             hidden = self.hidden_states(input_ids, attention_mask, **kwargs)
         return hidden[0] if at_rows else hidden.reshape(-1, hidden.shape[-1])[rows]
 
+    def packed_step_hidden_states(
+        self,
+        rows: Sequence[Sequence[int]],
+        step_ends: Sequence[Sequence[int]],
+        *,
+        prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        prefix_spans: Sequence[tuple[int, int]] | None = None,
+        capture: bool = False,
+        gemm_route: str | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """Rows of token ids, each continuing its own span of cached keys and values, in one packed forward.
+
+        Args:
+            rows: B rows of new token ids.
+            step_ends: per row, positions within the row whose final hidden states are wanted (step rows).
+            prefix: per layer (keys, values) [P, Hkv, D] of earlier tokens (from ``capture``), or None.
+            prefix_spans: per row (start, end) in ``prefix``: the tokens the row continues (its positions
+                start at end - start). Default: no prefix.
+            capture: also return every layer's (keys, values) [N, Hkv, D] of the rows' own tokens.
+            gemm_route: as :meth:`hidden_states`.
+
+        Returns:
+            (hidden [K, H] at the step rows, row by row; the captured keys and values or None).
+
+        Needs fastprm's varlen attention (the CPU default, :func:`default_attention`): it is what reads the
+        per-row prefix spans.
+        """
+        if getattr(self.backbone.config, "_attn_implementation", None) != varlen_attention.NAME:
+            raise ValueError(
+                "per-row prefixes (problem-shared scoring, sessions) need fastprm's varlen attention: load the "
+                f"model with attn_implementation={varlen_attention.NAME!r}"
+            )
+        device = self.device
+        spans = list(prefix_spans) if prefix_spans is not None else [(0, 0)] * len(rows)
+        lengths = [len(r) for r in rows]
+        offsets = [0, *itertools.accumulate(lengths)]
+        input_ids = torch.tensor([[t for r in rows for t in r]], dtype=torch.long, device=device)
+        positions = [p for (s, e), n in zip(spans, lengths) for p in range(e - s, e - s + n)]
+        step_rows = [offsets[b] + i for b, ends in enumerate(step_ends) for i in ends]
+        packed = varlen_attention.PackedRows(
+            cu_seqlens=torch.tensor(offsets),
+            prefix=prefix,
+            prefix_spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2) if prefix is not None else None,
+            captured=[] if capture else None,
+        )
+        hidden = self.step_hidden_states(
+            input_ids,
+            torch.tensor(step_rows, dtype=torch.long, device=device),
+            position_ids=torch.tensor([positions], device=device),
+            gemm_route=gemm_route,
+            **{varlen_attention.ROWS_KWARG: packed},
+        )
+        return hidden, packed.captured
+
     def score_step_rows(
         self, step_hidden: torch.Tensor, cu_steps: torch.Tensor, threshold: float = 0.5
     ) -> StepScores:
@@ -329,6 +385,30 @@ class PRM(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **options):
         """The older transformers name of :meth:`activation_checkpointing_enable`."""
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **options)
+
+    def session(
+        self,
+        problem: str,
+        *,
+        threshold: float = 0.5,
+        max_length: int | None = None,
+        gemm_route: str | None = None,
+    ) -> StepSession:
+        """An incremental scoring session of ``problem`` (see :mod:`fastprm.sessions`): its prompt runs now,
+        and each :meth:`~fastprm.sessions.StepSession.add_step` runs only the new step's tokens.
+        ``max_length``: longest session (default the backbone's ``max_position_embeddings``)."""
+        from ..sessions import start_session
+
+        return start_session(self, problem, threshold=threshold, max_length=max_length, gemm_route=gemm_route)
+
+    def add_steps(self, sessions: Sequence[StepSession], texts: Sequence[str]) -> list[float]:
+        """One new step for each of ``sessions`` (sessions of this model) in one backbone call: P(good) of
+        each new step. See :func:`fastprm.sessions.add_steps`."""
+        from ..sessions import add_steps
+
+        if any(s.prm is not self for s in sessions):
+            raise ValueError("every session must come from this model's session()")
+        return add_steps(sessions, texts)
 
     def score(
         self, problems: Sequence[str], solutions: Sequence[Sequence[str]], **scorer_options

@@ -6,9 +6,16 @@ of the demo model). Here each row (a packed segment, or a right-padded row) is a
 work, no mask tensor, and padding is never attended to. On CPU without autograd, fastprm's varlen attention
 kernel (:func:`fastprm.ops.varlen_attention`) does all rows in one call; elsewhere (training, GPU, CPUs
 without a kernel) each row runs a mask-free causal SDPA.
+
+A packed batch may also carry :class:`PackedRows` (the backbone's ``fastprm_rows`` keyword, which
+transformers hands through to the attention): explicit row offsets, and per row a span of cached keys and
+values that the row continues (its problem's prompt, or a session's earlier steps). This is how rows of
+different prefixes share one backbone call.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +24,26 @@ from ..ops.varlen_attention.api import varlen_attention as packed_varlen_attenti
 from ..ops.varlen_attention.cpu import kernel_applies
 
 NAME = "fastprm_varlen"
+# The backbone keyword that carries PackedRows to the attention.
+ROWS_KWARG = "fastprm_rows"
+
+
+@dataclass
+class PackedRows:
+    """A packed [1, N] batch as fastprm's attention reads it.
+
+    Attributes:
+        cu_seqlens: [B + 1] int64 row offsets into the N tokens.
+        prefix: per layer (keys, values), each [P, Hkv, D]: tokens the rows continue, or None.
+        prefix_spans: [B, 2] int64 (start, end) of each row's prefix in ``prefix``, or None.
+        captured: when a list, each layer appends its (keys, values) [N, Hkv, D] of the batch's own tokens
+            (after rotary embedding): what a later call needs as its prefix.
+    """
+
+    cu_seqlens: torch.Tensor
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    prefix_spans: torch.Tensor | None = None
+    captured: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 def _row_segments(
@@ -56,6 +83,9 @@ def varlen_attention(
     """
     B, Hq, T, D = query.shape
     dropout = dropout if module.training else 0.0
+    rows = kwargs.get(ROWS_KWARG)
+    if rows is not None:
+        return _packed_rows(module, query, key, value, rows, dropout, scaling), None
     S = key.shape[2]
     if S != T and (B != 1 or attention_mask is not None):
         raise ValueError("fastprm's varlen attention takes a cached prefix for one unpadded row only")
@@ -124,6 +154,50 @@ def _with_kernel(
     if attention_mask is not None:
         out.masked_fill_(~attention_mask.bool()[:, :, None, None], 0)
     return out
+
+
+def _packed_rows(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    rows: PackedRows,
+    dropout: float,
+    scaling: float | None,
+) -> torch.Tensor:
+    """A [1, N] batch described by ``rows``: [1, N, Hq, D]. The kernel where it applies, else SDPA per row
+    over the row's prefix span and its own keys."""
+    if query.shape[0] != 1 or key.shape[2] != query.shape[2]:
+        raise ValueError("PackedRows describe one packed [1, N] row of new tokens (no transformers cache)")
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [N, H, D]
+    if rows.captured is not None:
+        rows.captured.append((k, v))
+    prefix_k, prefix_v = rows.prefix[module.layer_idx] if rows.prefix is not None else (None, None)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if dropout == 0.0 and kernel_applies(q, k, v, prefix_k, prefix_v):
+        out = packed_varlen_attention(
+            q, k, v, rows.cu_seqlens, scale=scale, prefix_k=prefix_k, prefix_v=prefix_v,
+            prefix_spans=rows.prefix_spans if prefix_k is not None else None,
+        )  # fmt: skip
+        return out.unsqueeze(0)
+    bounds = rows.cu_seqlens.tolist()
+    spans = rows.prefix_spans.tolist() if prefix_k is not None else [(0, 0)] * (len(bounds) - 1)
+    parts = []
+    for (s, e), (ps, pe) in zip(zip(bounds[:-1], bounds[1:]), spans):
+        if e == s:
+            continue
+        keys, values = k[s:e], v[s:e]
+        if pe > ps:
+            keys, values = torch.cat([prefix_k[ps:pe], keys]), torch.cat([prefix_v[ps:pe], values])
+        row = _after_prefix(
+            q[s:e].transpose(0, 1)[None],
+            keys.transpose(0, 1)[None],
+            values.transpose(0, 1)[None],
+            dropout,
+            scaling,
+        )
+        parts.append(row[0].transpose(0, 1))
+    return torch.cat(parts)[None] if parts else query.new_zeros(1, 0, *q.shape[1:])
 
 
 # Queries per attention call after a cached prefix (measured on an AMD EPYC Zen 5 at Qwen2.5-0.5B widths:

@@ -67,7 +67,7 @@ def render_report(metrics: Sequence[tuple[str | Path, dict]], title: str = "fast
         tables = "".join(table_html(t) for t in metrics_tables(m))
         figures = "".join(image_html(png_bytes(fig), alt) for alt, fig in metrics_figures(m).items())
         source = html.escape(f"{name} (scores: {m.get('scores_file', 'unknown')})")
-        heading = {"processbench": "ProcessBench", "best_of_n": "Best-of-N"}[m["kind"]]
+        heading = {"processbench": "ProcessBench", "best_of_n": "Best-of-N", "search": "Search"}[m["kind"]]
         sections.append(
             f'<section><h2>{heading}</h2><p class="source">{source}</p>{tables}{figures}</section>'
         )

@@ -163,11 +163,26 @@ def best_of_n_figure(curve: dict, rules: Sequence[str]) -> Figure:
     return fig
 
 
+def search_figure(methods: dict) -> Figure:
+    """Accuracy of each search method against the steps it generated per problem."""
+    fig = _figure(6.5, 4)
+    ax = fig.add_subplot()
+    for name, v in methods.items():
+        ax.scatter(v["generated_steps"], 100 * v["accuracy"], label=name, s=40)
+    ax.set_xlabel("steps generated per problem")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Search at its generation budget")
+    ax.legend(fontsize=8)
+    return fig
+
+
 def metrics_figures(m: dict) -> dict[str, Figure]:
     """All figures of one eval output, by name (``threshold_f1``, ``reliability``, ``solution_<k>``,
-    ``best_of_n``)."""
+    ``best_of_n``, ``search``)."""
     if m["kind"] == "best_of_n":
         return {"best_of_n": best_of_n_figure(m["curve"], m["rules"])}
+    if m["kind"] == "search":
+        return {"search": search_figure(m["methods"])}
     figures = {
         "threshold_f1": threshold_f1_figure(m["sweep"], m["best"], m["threshold"]),
         "reliability": reliability_figure(m["steps"]["reliability"], m["steps"]["ece"]),

@@ -83,9 +83,32 @@ def best_of_n_tables(m: dict) -> list[Table]:
     ]
 
 
+def search_tables(m: dict) -> list[Table]:
+    """Accuracy and generation budget of each search method."""
+    rows = [[name, percent(v["accuracy"]), f"{v['generated_steps']:.1f}"] for name, v in m["methods"].items()]
+    tables = [
+        Table(
+            f"Search ({m['n_problems']} problems)",
+            ["method", "accuracy (%)", "steps generated / problem"],
+            rows,
+        )
+    ]
+    beam = m["methods"].get("beam search")
+    if beam and "prm_tokens" in beam:
+        tables.append(
+            Table(
+                "Beam search PRM cost per problem (tokens through the backbone)",
+                ["sessions", "full re-score at every depth", "ratio"],
+                [[f"{beam['prm_tokens']:.0f}", f"{beam['prm_tokens_full_rescore']:.0f}",
+                  f"{beam['prm_tokens_full_rescore'] / max(beam['prm_tokens'], 1):.1f}x"]],
+            )
+        )  # fmt: skip
+    return tables
+
+
 def metrics_tables(m: dict) -> list[Table]:
     """The tables of one eval output, by its ``kind``."""
-    builders = {"processbench": processbench_tables, "best_of_n": best_of_n_tables}
+    builders = {"processbench": processbench_tables, "best_of_n": best_of_n_tables, "search": search_tables}
     if m.get("kind") not in builders:
         raise ValueError(
             f"not a fastprm eval output (kind {m.get('kind')!r}); expected one of {sorted(builders)}"
