@@ -70,7 +70,16 @@ def test_pipeline_is_fastprm_commands():
     from fastprm.cli import build_parser
 
     steps = pipeline(Path("w"), max_steps=7, seed=3)
-    assert [argv[0] for _, argv in steps] == ["train", "score", "eval", "eval", "search", "search", "eval", "report"]
+    assert [argv[0] for _, argv in steps] == [
+        "train",
+        "score",
+        "eval",
+        "eval",
+        "search",
+        "search",
+        "eval",
+        "report",
+    ]
     parser = build_parser()
     for _, argv in steps:
         parser.parse_args(argv)
