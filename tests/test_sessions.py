@@ -44,6 +44,9 @@ def test_session_equals_batch_scoring(prm):
         assert getattr(session, aggregate) == pytest.approx(getattr(want, aggregate), abs=1e-5)
     assert session.first_error == want.first_error
     assert session.cached_tokens == len(session.input_ids)
+    c = prm.backbone.config
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    assert session.cached_bytes == session.cached_tokens * per_token
 
 
 def test_forks_and_batched_steps(prm):

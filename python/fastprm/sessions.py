@@ -14,6 +14,7 @@ Memory: each cached token holds 2 x layers x kv_heads x head_dim values of the m
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 # One chunk of cached tokens: per layer (keys, values), each [tokens, kv_heads, head_dim].
 Chunk = list[tuple[torch.Tensor, torch.Tensor]]
+# The step tokenizer of each model and maximum length, shared by its sessions.
+_tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class StepSession:
@@ -52,6 +55,11 @@ class StepSession:
     def cached_tokens(self) -> int:
         """Tokens whose keys and values the session holds (prompt and steps)."""
         return sum(n for n, _ in self.chunks)
+
+    @property
+    def cached_bytes(self) -> int:
+        """Memory of the keys and values the session refers to (chunks shared with forks included)."""
+        return sum(k.nbytes + v.nbytes for _, chunk in self.chunks for k, v in chunk)
 
     @property
     def input_ids(self) -> list[int]:
@@ -121,14 +129,22 @@ def start_session(
     """A session for ``problem`` with its prompt computed (what :meth:`PRM.session` returns)."""
     if max_length is None:
         max_length = getattr(prm.backbone.config, "max_position_embeddings", None)
-    tokenizer = StepTokenizer(prm.tokenizer, prm.convention, max_length=max_length)
+    tokenizer = _tokenizers.setdefault(prm, {}).get(max_length)
+    if tokenizer is None:  # built once per model and length: reading the vocabulary costs ~0.2 s for Qwen2's
+        tokenizer = StepTokenizer(prm.tokenizer, prm.convention, max_length=max_length)
+        _tokenizers[prm][max_length] = tokenizer
+    if gemm_route is None:  # the scorer's measured route (FASTPRM_TUNE=off: the device's default)
+        from .tuning import tuned_plan
+
+        gemm_route = tuned_plan(prm).gemm_route
     session = StepSession(prm, tokenizer, threshold, gemm_route)
     session.prompt_ids = tokenizer.prompt_ids(problem)
     _check_length(session, len(session.prompt_ids), 0)
     if session.prompt_ids:
-        _, captured = prm.packed_step_hidden_states(
-            [session.prompt_ids], [[]], capture=True, gemm_route=gemm_route
-        )
+        with torch.inference_mode():
+            _, captured = prm.packed_step_hidden_states(
+                [session.prompt_ids], [[]], capture=True, gemm_route=gemm_route
+            )
         session.chunks.append((len(session.prompt_ids), _row_chunk(captured, 0, len(session.prompt_ids))))
     return session
 
@@ -148,6 +164,7 @@ def _check_length(session: StepSession, new_tokens: int, index: int) -> None:
         )
 
 
+@torch.inference_mode()
 def add_steps(sessions: Sequence[StepSession], texts: Sequence[str]) -> list[float]:
     """One new step for each session, all in one backbone call: P(good) of each new step, in order.
 

@@ -396,7 +396,8 @@ class PRM(nn.Module):
     ) -> StepSession:
         """An incremental scoring session of ``problem`` (see :mod:`fastprm.sessions`): its prompt runs now,
         and each :meth:`~fastprm.sessions.StepSession.add_step` runs only the new step's tokens.
-        ``max_length``: longest session (default the backbone's ``max_position_embeddings``)."""
+        ``max_length``: longest session (default the backbone's ``max_position_embeddings``); ``gemm_route``:
+        default the one the Scorer's calibration chose (:func:`fastprm.tuning.tuned_plan`)."""
         from ..sessions import start_session
 
         return start_session(self, problem, threshold=threshold, max_length=max_length, gemm_route=gemm_route)
