@@ -205,6 +205,27 @@ def run_beam(model_dir: Path, dtype: str, n_problems: int, depth: int, width: in
 # -- parent -----------------------------------------------------------------------------------------------
 
 
+def beam_row(beam: dict, args: argparse.Namespace) -> dict:
+    """The results row of the beam search child, printed."""
+    row = {
+        "form": f"beam d{args.depth} w{args.beam_width} x{args.expansions}, {args.beam_problems} problems",
+        "method": "sessions vs rescore",
+        "seconds": beam["seconds"]["sessions"],
+        "rescore_seconds": beam["seconds"]["rescore"],
+        "session_speedup": beam["seconds"]["rescore"] / beam["seconds"]["sessions"],
+        "tokens_sessions": beam["tokens"]["sessions"],
+        "tokens_rescore": beam["tokens"]["rescore"],
+        "max_abs_diff": beam["max_abs_diff"],
+    }
+    print(
+        f"beam search: sessions {beam['seconds']['sessions']:.2f} s, re-scoring {beam['seconds']['rescore']:.2f} s "
+        f"(x{row['session_speedup']:.2f}); tokens {beam['tokens']['sessions']} vs {beam['tokens']['rescore']}; "
+        f"max score difference {beam['max_abs_diff']:.2e}",
+        flush=True,
+    )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,6 +240,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=10)
     parser.add_argument("--beam-width", type=int, default=4)
     parser.add_argument("--expansions", type=int, default=4)
+    parser.add_argument("--parts", default="bon,beam", help="which parts to run: bon (best-of-N), beam")
+    parser.add_argument("--name", default="bench_search", help="results file name in benchmarks/results/")
     parser.add_argument("--workdir", default="/tmp/fastprm-bench-score")
     parser.add_argument("--vllm-python", default=str(VLLM_VENV / "bin" / "python"))
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "FORM"), help=argparse.SUPPRESS)
@@ -260,7 +283,8 @@ def main() -> None:
         return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
     rows = []
-    for form in args.forms.split(","):
+    parts = args.parts.split(",")
+    for form in args.forms.split(",") if "bon" in parts else []:
         if "vllm_prefix" in methods:
             write_vllm_tokens(model_dir, args.dtype, args.problems, form)
         results = {m: child(m, form) for m in methods}
@@ -290,24 +314,8 @@ def main() -> None:
                 + (f"  ideal x{row['ideal_speedup']:.2f}" if "ideal_speedup" in row else ""),
                 flush=True,
             )
-    beam = child("beam", "-")
-    beam_row = {
-        "form": f"beam d{args.depth} w{args.beam_width} x{args.expansions}, {args.beam_problems} problems",
-        "method": "sessions vs rescore",
-        "seconds": beam["seconds"]["sessions"],
-        "rescore_seconds": beam["seconds"]["rescore"],
-        "session_speedup": beam["seconds"]["rescore"] / beam["seconds"]["sessions"],
-        "tokens_sessions": beam["tokens"]["sessions"],
-        "tokens_rescore": beam["tokens"]["rescore"],
-        "max_abs_diff": beam["max_abs_diff"],
-    }
-    rows.append(beam_row)
-    print(
-        f"beam search: sessions {beam['seconds']['sessions']:.2f} s, re-scoring {beam['seconds']['rescore']:.2f} s "
-        f"(x{beam_row['session_speedup']:.2f}); tokens {beam['tokens']['sessions']} vs {beam['tokens']['rescore']}; "
-        f"max score difference {beam['max_abs_diff']:.2e}",
-        flush=True,
-    )
+    if "beam" in parts:
+        rows.append(beam_row(child("beam", "-"), args))
     columns = [
         "form", "method", "seconds", "tokens_per_s", "grouped_speedup", "ideal_speedup", "tokens_computed_fraction",
         "fraction_of_ideal", "max_abs_diff", "rescore_seconds", "session_speedup", "tokens_sessions",
@@ -315,7 +323,7 @@ def main() -> None:
     ]  # fmt: skip
     command = "python benchmarks/bench_search.py " + shlex.join(sys.argv[1:])
     extra = {"shape": args.shape, "layers": args.layers, "dtype": args.dtype, "problems": args.problems}
-    path = write_results("bench_search", command, rows, markdown_table(rows, columns), extra)
+    path = write_results(args.name, command, rows, markdown_table(rows, columns), extra)
     print(f"wrote {path}")
 
 
