@@ -7,6 +7,7 @@ its own, with its own tokenizer and convention, so a generator and a PRM of diff
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -45,7 +46,37 @@ def prefix_text(generator: Generator, problem: str, steps: Sequence[str], stop: 
     return generator.prompt(problem) + "".join(step + stop for step in steps)
 
 
-class TransformersGenerator:
+class SamplingGenerator(abc.ABC):
+    """What every sampling generator shares: the prompt (the tokenizer's chat template or the bare problem)
+    and turning sampled texts into steps. Subclasses implement :meth:`_sample`."""
+
+    tokenizer: object
+    chat: bool
+    stop: str
+    max_new_tokens: int
+
+    def prompt(self, problem: str) -> str:
+        if not self.chat:
+            return problem + self.stop
+        messages = [{"role": "user", "content": problem}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    @abc.abstractmethod
+    def _sample(self, texts: list[str], n: int, max_new_tokens: int, stop: str | None) -> list[list[str]]:
+        """``n`` sampled continuations of each text: [len(texts)][n] strings (cut at ``stop`` or not)."""
+
+    def generate_steps(
+        self, prefixes: Sequence[str], n: int, *, stop: str = DEFAULT_STOP, max_new_tokens: int = 256
+    ) -> list[list[str]]:
+        texts = self._sample(list(prefixes), n, max_new_tokens, stop)
+        return [[t.split(stop)[0].strip() for t in samples] for samples in texts]
+
+    def generate_solutions(self, problems: Sequence[str], n: int) -> list[list[list[str]]]:
+        texts = self._sample([self.prompt(p) for p in problems], n, self.max_new_tokens, None)
+        return [[split_steps(t, self.stop) for t in samples] for samples in texts]
+
+
+class TransformersGenerator(SamplingGenerator):
     """A local causal LM through transformers' ``generate``, sampling with a seed.
 
     Args:
@@ -56,6 +87,8 @@ class TransformersGenerator:
         chat: wrap the problem in the tokenizer's chat template (default: when the tokenizer has one).
         max_new_tokens: length limit of :meth:`generate_solutions`.
         batch_size: sequences per ``generate`` call.
+        stop: the text between steps.
+        device: where the model runs (default CPU).
     """
 
     def __init__(
@@ -90,12 +123,6 @@ class TransformersGenerator:
         self.max_new_tokens, self.batch_size, self.stop = max_new_tokens, batch_size, stop
         self.generated_tokens = 0  # counter for the search loops' reports
 
-    def prompt(self, problem: str) -> str:
-        if not self.chat:
-            return problem + self.stop
-        messages = [{"role": "user", "content": problem}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
     def _sample(self, texts: list[str], n: int, max_new_tokens: int, stop: str | None) -> list[list[str]]:
         import torch
 
@@ -121,13 +148,3 @@ class TransformersGenerator:
             self.generated_tokens += int((new != self.tokenizer.pad_token_id).sum())
             out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [out[j * n : (j + 1) * n] for j in range(len(texts))]
-
-    def generate_steps(
-        self, prefixes: Sequence[str], n: int, *, stop: str = DEFAULT_STOP, max_new_tokens: int = 256
-    ) -> list[list[str]]:
-        texts = self._sample(list(prefixes), n, max_new_tokens, stop)
-        return [[t.split(stop)[0].strip() for t in samples] for samples in texts]
-
-    def generate_solutions(self, problems: Sequence[str], n: int) -> list[list[list[str]]]:
-        texts = self._sample([self.prompt(p) for p in problems], n, self.max_new_tokens, None)
-        return [[split_steps(t, self.stop) for t in samples] for samples in texts]
