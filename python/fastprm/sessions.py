@@ -14,7 +14,6 @@ Memory: each cached token holds 2 x layers x kv_heads x head_dim values of the m
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
 
 # One chunk of cached tokens: per layer (keys, values), each [tokens, kv_heads, head_dim].
 Chunk = list[tuple[torch.Tensor, torch.Tensor]]
-# The step tokenizer of each model and maximum length, shared by its sessions.
-_tokenizers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class StepSession:
@@ -129,10 +126,7 @@ def start_session(
     """A session for ``problem`` with its prompt computed (what :meth:`PRM.session` returns)."""
     if max_length is None:
         max_length = getattr(prm.backbone.config, "max_position_embeddings", None)
-    tokenizer = _tokenizers.setdefault(prm, {}).get(max_length)
-    if tokenizer is None:  # built once per model and length: reading the vocabulary costs ~0.2 s for Qwen2's
-        tokenizer = StepTokenizer(prm.tokenizer, prm.convention, max_length=max_length)
-        _tokenizers[prm][max_length] = tokenizer
+    tokenizer = StepTokenizer(prm.tokenizer, prm.convention, max_length=max_length)
     if gemm_route is None:  # the scorer's measured route (FASTPRM_TUNE=off: the device's default)
         from .tuning import tuned_plan
 

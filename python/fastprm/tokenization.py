@@ -110,8 +110,13 @@ class StepTokenizer:
         """A separator that is one (special) token of the vocabulary is that id; otherwise its text's ids.
         A convention whose separator must be a special token refuses a tokenizer without it: spelled as text,
         the separator would be tokens the model never learned to score at (and a step could contain them)."""
-        if separator in self.tokenizer.get_vocab():
-            return [self.tokenizer.convert_tokens_to_ids(separator)]
+        # One token of the vocabulary (added tokens included)? Asked per token: get_vocab() builds a dict of
+        # the whole vocabulary (0.1 s for Qwen2's 151k), and a tokenizer is made for every Scorer and session.
+        token_id = self.tokenizer.convert_tokens_to_ids(separator)
+        if token_id is not None and (
+            token_id != self.tokenizer.unk_token_id or separator == self.tokenizer.unk_token
+        ):
+            return [token_id]
         if self.convention.special_separator:
             raise ValueError(
                 f"the tokenizer has no token {separator!r}, the step separator of the {self.convention.name} "
