@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from ..models.prm import PRM
     from ..sessions import StepSession
 
-BEAM_AGGREGATES = ("last", "min", "mean", "prod")
-
 
 @dataclass
 class Candidate:
@@ -146,8 +144,8 @@ def beam_search(
     incremental scoring do; for backbones whose attention cannot continue a session, and as the baseline of
     ``benchmarks/bench_search.py``). The scores are the same either way (to 1e-5 in fp32).
     """
-    if aggregate not in BEAM_AGGREGATES:
-        raise ValueError(f"aggregate must be one of {BEAM_AGGREGATES}, got {aggregate!r}")
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     for name, value in (("beam_width", beam_width), ("expansions", expansions), ("max_steps", max_steps)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
