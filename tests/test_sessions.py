@@ -168,3 +168,13 @@ def test_prompt_group_batches():
     assert prompt_group_batches(prompts, lengths, batch_tokens=3)[0] == ([(1, 2)], [[0], [2], [5]])
     flat = sorted(i for _, subs in prompt_group_batches(prompts, lengths, 7) for sub in subs for i in sub)
     assert flat == list(range(6))
+
+
+def test_sessions_need_fastprm_attention(qwen_prm_dir):
+    prm = PRM.from_pretrained(qwen_prm_dir, dtype=torch.float32, attn_implementation="sdpa")
+    with pytest.raises(ValueError, match="need fastprm's varlen attention"):
+        prm.session(PROBLEM)
+    # The Scorer's packed layout falls back to ungrouped batches there.
+    (got,) = prm.score([PROBLEM], [STEPS[:2]], layout="packed")
+    (want,) = _batch(prm, [PROBLEM], [STEPS[:2]])
+    torch.testing.assert_close(torch.tensor(got.step_scores), torch.tensor(want.step_scores), atol=1e-5, rtol=0)
