@@ -177,4 +177,6 @@ def test_sessions_need_fastprm_attention(qwen_prm_dir):
     # The Scorer's packed layout falls back to ungrouped batches there.
     (got,) = prm.score([PROBLEM], [STEPS[:2]], layout="packed")
     (want,) = _batch(prm, [PROBLEM], [STEPS[:2]])
-    torch.testing.assert_close(torch.tensor(got.step_scores), torch.tensor(want.step_scores), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(got.step_scores), torch.tensor(want.step_scores), atol=1e-5, rtol=0
+    )
