@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "row_ops.h"
+#include "simd_math.h"
 
 namespace fastprm {
 namespace avx2 {
@@ -35,20 +36,14 @@ struct Vec8 {
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
   }
-  // 2^x: x = n + f with n = round(x), |f| <= 1/2, 2^f by Cephes' exp2f polynomial (relative error ~2e-7), then
-  // times 2^n built in the exponent bits. x is clamped to [-127, 127] first; n = -127 gives exponent bits 0,
+  // 2^x: x = n + f with n = round(x), |f| <= 1/2, 2^f by simd::exp2_fraction, then times 2^n built in the
+  // exponent bits. x is clamped to [-127, 127] first; n = -127 gives exponent bits 0,
   // so results below ~2^-126.5 (and x = -inf) are 0 rather than NaN.
   static Reg exp2(Reg x) {
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-127.f)), _mm256_set1_ps(127.f));
     const Reg n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const Reg f = _mm256_sub_ps(x, n);
-    Reg p = _mm256_set1_ps(1.535336188319500e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+    const Reg p = simd::exp2_fraction<Vec8>(f);
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
   }

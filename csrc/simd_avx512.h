@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "row_ops.h"
+#include "simd_math.h"
 
 namespace fastprm {
 namespace avx512 {
@@ -25,20 +26,13 @@ struct Vec16 {
   static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
   static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
   static float max_of(Reg v) { return _mm512_reduce_max_ps(v); }
-  // 2^x: x = n + f with n = round(x), |f| <= 1/2, 2^f by Cephes' exp2f polynomial (relative error ~2e-7), then
-  // scaled by 2^n with vscalefps, which flushes to 0 below the normal range. x is clamped to [-150, 128]
+  // 2^x: x = n + f with n = round(x), |f| <= 1/2, 2^f by simd::exp2_fraction, then scaled by 2^n with vscalefps, which flushes to 0 below the normal range. x is clamped to [-150, 128]
   // first, so x = -inf gives 0 rather than NaN.
   static Reg exp2(Reg x) {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-150.f)), _mm512_set1_ps(128.f));
     const Reg n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const Reg f = _mm512_sub_ps(x, n);
-    Reg p = _mm512_set1_ps(1.535336188319500e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+    const Reg p = simd::exp2_fraction<Vec16>(f);
     return _mm512_scalef_ps(p, n);
   }
   // Rows of a register tile in the attention micro-kernels: 4 rows x 4 vectors = 16 of the 32 registers.
