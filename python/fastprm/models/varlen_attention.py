@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..ops.varlen_attention.api import varlen_attention as packed_varlen_attention
-from ..ops.varlen_attention.cpu import kernel_applies
+from ..ops.varlen_attention.cpu import kernel_applies, varlen_attention_cpu
 
 NAME = "fastprm_varlen"
 # The backbone keyword that carries PackedRows to the attention.
@@ -136,21 +135,17 @@ def _with_kernel(
     if S != T:
         P = S - T
         k, v = key[0, :, P:].transpose(0, 1), value[0, :, P:].transpose(0, 1)
-        prefix = {
-            "prefix_k": key[0, :, :P].transpose(0, 1),
-            "prefix_v": value[0, :, :P].transpose(0, 1),
-            "prefix_spans": torch.tensor([[0, P]]),
-        }
+        prefix = (key[0, :, :P].transpose(0, 1), value[0, :, :P].transpose(0, 1), torch.tensor([[0, P]]))
         cu_seqlens = torch.tensor([0, T])
     else:
         k = key.transpose(1, 2).reshape(B * T, -1, D)
         v = value.transpose(1, 2).reshape(B * T, -1, D)
-        prefix = {}
+        prefix = (None, None, None)
         if attention_mask is None and B == 1:
             cu_seqlens = torch.tensor([0, *(e for _, e in segments[0])])
         else:
             cu_seqlens = torch.arange(0, B * T + 1, T)
-    out = packed_varlen_attention(q, k, v, cu_seqlens, scale=scale, **prefix).view(B, T, Hq, D)
+    out = varlen_attention_cpu(q, k, v, cu_seqlens, scale, *prefix).view(B, T, Hq, D)
     if attention_mask is not None:
         out.masked_fill_(~attention_mask.bool()[:, :, None, None], 0)
     return out
@@ -175,13 +170,11 @@ def _packed_rows(
     prefix_k, prefix_v = rows.prefix[module.layer_idx] if rows.prefix is not None else (None, None)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if dropout == 0.0 and kernel_applies(q, k, v, prefix_k, prefix_v):
-        out = packed_varlen_attention(
-            q, k, v, rows.cu_seqlens, scale=scale, prefix_k=prefix_k, prefix_v=prefix_v,
-            prefix_spans=rows.prefix_spans if prefix_k is not None else None,
-        )  # fmt: skip
-        return out.unsqueeze(0)
+        return varlen_attention_cpu(q, k, v, rows.cu_seqlens, scale, prefix_k, prefix_v, rows.prefix_spans)[
+            None
+        ]
     bounds = rows.cu_seqlens.tolist()
-    spans = rows.prefix_spans.tolist() if prefix_k is not None else [(0, 0)] * (len(bounds) - 1)
+    spans = rows.prefix_spans.tolist() if rows.prefix_spans is not None else [(0, 0)] * (len(bounds) - 1)
     parts = []
     for (s, e), (ps, pe) in zip(zip(bounds[:-1], bounds[1:]), spans):
         if e == s:

@@ -24,8 +24,10 @@ def kernel_applies(q: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
 
 
 def varlen_attention_cpu(q, k, v, cu_seqlens, scale, prefix_k, prefix_v, prefix_spans) -> torch.Tensor:
-    """The kernel on the checked arguments of :func:`fastprm.ops.varlen_attention` (spec:
-    ``varlen_attention_reference``), on all of torch's intra-op threads."""
+    """The kernel (spec: ``varlen_attention_reference``) on all of torch's intra-op threads, for callers that
+    have checked :func:`kernel_applies`: :func:`fastprm.ops.varlen_attention` after its argument checks, and
+    the model's attention function, whose arguments it builds itself (once per layer, so it skips the Python
+    checks; the extension still re-checks every bound it dereferences)."""
     return native.varlen_attention(
         q, k, v, cu_seqlens, scale, prefix_k, prefix_v, prefix_spans, torch.get_num_threads()
     )
