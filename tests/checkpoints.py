@@ -104,6 +104,44 @@ def write_qwen25_math_prm(out: Path, seed: int = 0):
     return backbone.eval(), head.eval(), tok
 
 
+def write_qwen25_math_prm_head64(out: Path, seed: int = 0):
+    """The Qwen2.5-Math-PRM layout with 64-wide heads (vLLM's CPU attention takes no narrower ones) and
+    weights drawn in a fixed order from one seeded generator rather than by transformers' initialisers, so
+    the same bits come out wherever this torch runs: tests compare fastprm's server against an exchange
+    recorded from vLLM's server on this checkpoint (``tests/fixtures/``)."""
+    from transformers import Qwen2Model
+
+    tok = qwen_tokenizer(out, extra_special=("<extra_0>",))
+    config = tiny_qwen2_config(
+        len(tok), hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1
+    )
+    backbone = Qwen2Model(config)
+    H = config.hidden_size
+    head = torch.nn.Sequential(torch.nn.Linear(H, H), torch.nn.ReLU(), torch.nn.Linear(H, 2))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in (backbone, head):
+            for name, param in sorted(module.named_parameters()):
+                noise = torch.randn(param.shape, generator=generator)
+                param.copy_(1 + 0.1 * noise if name.endswith("norm.weight") else 0.05 * noise)
+    extra = {f"score.{k}": v for k, v in head.state_dict().items()}
+    _write(out, config, backbone, extra, ["Qwen2ForProcessRewardModel"], auto_map=QWEN_PRM_AUTO_MAP)
+    return backbone.eval(), head.eval(), tok
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 over a checkpoint's tensors (names, dtypes, shapes and bytes), in name order."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(path / "model.safetensors").items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def write_math_shepherd(out: Path, seed: int = 0):
     """Math-Shepherd layout: a plain MistralForCausalLM saved by transformers."""
     from transformers import MistralConfig, MistralForCausalLM

@@ -102,6 +102,17 @@ def split_regex(text: str) -> str:
     return text
 
 
+def group_regex(text: str) -> str:
+    """A valid regex with at least one group (the part it picks out)."""
+    try:
+        pattern = re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"invalid regex {text!r}: {err}") from None
+    if pattern.groups < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} has no group: put the part to take in ( )")
+    return text
+
+
 def dtype_name(text: str) -> str | None:
     """A --dtype name -> torch's dtype name (None for auto)."""
     if text not in DTYPES:
@@ -152,7 +163,7 @@ def _score(args: argparse.Namespace) -> int:
         _check_folder(args.model, "--model")
     except ValueError as err:
         raise SystemExit(f"fastprm score: {err}") from None
-    scorer = _load_scorer(args)
+    scorer = load_scorer(args)
     try:
         output = AtomicOutput(args.output)
     except OSError as err:
@@ -195,14 +206,15 @@ def load_prm(args: argparse.Namespace, command: str):
         raise SystemExit(f"fastprm {command}: cannot load --model {args.model}: {one_line(err)}") from None
 
 
-def _load_scorer(args: argparse.Namespace):
+def load_scorer(args: argparse.Namespace, command: str = "score"):
+    """The Scorer of the options :func:`add_scorer_options` adds; a bad one ends ``fastprm <command>``."""
     from .scoring import Scorer
 
-    prm = load_prm(args, "score")
+    prm = load_prm(args, command)
     try:
         return _scorer(Scorer, prm, args)
     except ValueError as err:  # an option the machine cannot run, a bad FASTPRM_TUNE / FASTPRM_TUNE_PIN
-        raise SystemExit(f"fastprm score: {one_line(err)}") from None
+        raise SystemExit(f"fastprm {command}: {one_line(err)}") from None
 
 
 def _scorer(Scorer, prm, args: argparse.Namespace):
@@ -303,7 +315,6 @@ def _score_summary(counts: dict[str, int], output: str, plan: str) -> str:
 
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score every step of the solutions in a JSONL file")
-    p.add_argument("--model", required=True, help="PRM checkpoint directory (Hugging Face format)")
     p.add_argument(
         "--input",
         required=True,
@@ -315,8 +326,6 @@ def _add_score(sub) -> None:
         required=True,
         help="JSONL: each input row plus its 'scores' (written to a temporary file, renamed at the end)",
     )
-    p.add_argument("--convention", default="auto", choices=CONVENTION_NAMES)
-    p.add_argument("--threshold", type=probability, default=0.5, help="first_error threshold (default 0.5)")
     p.add_argument(
         "--split-steps",
         nargs="?",
@@ -330,13 +339,24 @@ def _add_score(sub) -> None:
         "--skip-bad-rows", action="store_true", help="record bad rows in the output instead of stopping"
     )
     p.add_argument(
+        "--chunk-rows", type=positive_int, default=1024, help="rows read, scored and written at a time"
+    )
+    add_scorer_options(p)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_score)
+
+
+def add_scorer_options(p: argparse.ArgumentParser) -> None:
+    """The model and Scorer options of ``score`` and ``serve``: --model, --convention, --threshold,
+    --batch-tokens, --max-length, --truncation, --dtype, --device, --layout, --gemm-route, --compile."""
+    p.add_argument("--model", required=True, help="PRM checkpoint directory (Hugging Face format)")
+    p.add_argument("--convention", default="auto", choices=CONVENTION_NAMES)
+    p.add_argument("--threshold", type=probability, default=0.5, help="first_error threshold (default 0.5)")
+    p.add_argument(
         "--batch-tokens",
         type=positive_int,
         default=None,
         help="token budget of one packed or padded batch (default: measured, see fastprm tune)",
-    )
-    p.add_argument(
-        "--chunk-rows", type=positive_int, default=1024, help="rows read, scored and written at a time"
     )
     p.add_argument("--max-length", type=positive_int, default=None)
     p.add_argument("--truncation", default="error", choices=TRUNCATION_MODES)
@@ -363,8 +383,6 @@ def _add_score(sub) -> None:
         default=None,
         help="torch.compile the backbone's layers (default: only where fastprm tune --compile found it pays)",
     )
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_score)
 
 
 # -- fastprm train ----------------------------------------------------------------------------------------
@@ -614,6 +632,67 @@ def _add_search(sub) -> None:
     p.set_defaults(func=_lazy(".search_cli", "search"))
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="HTTP scoring server: /v1/score, OpenRLHF's /get_reward, vLLM's /pooling, /health, /metrics",
+    )
+    add_scorer_options(p)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default loopback only; 0.0.0.0: every one)"
+    )
+    p.add_argument(
+        "--port", type=non_negative_int, default=8000, help="0: any free port (printed when ready)"
+    )
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (all but /health)")
+    key.add_argument("--api-key-file", default=None, help="the API key read from a file (not shown by ps)")
+    p.add_argument(
+        "--served-model-name", default=None, help="the model name responses carry (default: folder)"
+    )
+    p.add_argument(
+        "--max-batch-tokens", type=positive_int, default=16384, help="tokens gathered into one scoring call"
+    )
+    p.add_argument(
+        "--max-wait-ms", type=non_negative_float, default=10.0, help="longest a request waits for a batch"
+    )
+    p.add_argument("--max-queue", type=positive_int, default=256, help="queued requests before 503")
+    p.add_argument("--max-request-bytes", type=positive_int, default=16 * 2**20, help="413 beyond")
+    p.add_argument("--max-rows", type=positive_int, default=1024, help="rows per request; 413 beyond")
+    p.add_argument(
+        "--max-request-tokens", type=positive_int, default=262144, help="tokens per request; 413 beyond"
+    )
+    p.add_argument(
+        "--split-steps",
+        type=split_regex,
+        default=DEFAULT_SPLIT,
+        metavar="REGEX",
+        help="/get_reward: splits each response into steps (default: a blank line)",
+    )
+    p.add_argument(
+        "--problem-regex",
+        type=group_regex,
+        default=None,
+        metavar="REGEX",
+        help="/get_reward: the problem in a prompt is this regex's first group (default: the last ChatML or "
+        "Llama 3 user turn, else the whole prompt)",
+    )
+    p.add_argument(
+        "--aggregate", choices=AGGREGATES, default="min", help="/get_reward: the reward (default min)"
+    )
+    p.add_argument(
+        "--empty-reward",
+        type=float,
+        default=0.0,
+        help="/get_reward: reward of a response with no step scored",
+    )
+    p.add_argument(
+        "--return-step-scores", action="store_true", help="/get_reward: also return each query's step scores"
+    )
+    p.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    p.set_defaults(func=_lazy(".serve_cli", "serve"))
+
+
 # -- the parser -------------------------------------------------------------------------------------------
 
 
@@ -629,7 +708,7 @@ def _lazy(module: str, name: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastprm", description="Fast process reward models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_score, _add_train, _add_eval, _add_tune, _add_search, _add_demo):
+    for add in (_add_score, _add_train, _add_eval, _add_tune, _add_search, _add_serve, _add_demo):
         add(sub)
     return parser
 

@@ -63,12 +63,17 @@ def row_problem_and_steps(record: dict, split_steps: str | None = None) -> tuple
             raise ValueError("row has 'solution' but no steps: pass --split-steps to split it")
         if not isinstance(record["solution"], str):
             raise ValueError("'solution' must be a string")
-        steps = [s.strip() for s in re.split(split_steps, record["solution"]) if s.strip()]
+        steps = split_solution(record["solution"], split_steps)
     if not isinstance(steps, list) or not all(isinstance(s, str) for s in steps):
         raise ValueError("no 'steps' (or 'completions') list of strings")
     if not steps:
         raise ValueError("the solution has no steps")
     return problem, steps
+
+
+def split_solution(text: str, regex: str) -> list[str]:
+    """A solution's text as steps: split where ``regex`` matches, each piece stripped, blank ones dropped."""
+    return [s.strip() for s in re.split(regex, text) if s.strip()]
 
 
 def not_utf8(value: object, where: str = "") -> str | None:

@@ -27,6 +27,10 @@ class RowError(ValueError):
         self.reason = reason
 
 
+class RowTooLong(RowError):
+    """A row over ``max_length`` tokens (with ``truncation="error"``)."""
+
+
 @dataclass
 class TokenizedSolution:
     """One problem + solution as model input.
@@ -231,7 +235,7 @@ class StepTokenizer:
         ):
             raise RowError(row, f"input_ids must be a list of token ids in [0, {vocab})")
         if self.max_length is not None and len(input_ids) > self.max_length:
-            raise RowError(row, f"{len(input_ids)} tokens exceed max_length={self.max_length}")
+            raise RowTooLong(row, f"{len(input_ids)} tokens exceed max_length={self.max_length}")
         separator = self.separator_ids[0]
         step_ends = [i for i, t in enumerate(input_ids) if t == separator]
         if not step_ends:
@@ -256,7 +260,7 @@ class StepTokenizer:
                     step_ids = step_ids[:-1]
                     dropped_steps += 1
             if fixed + len(problem_ids) + sum(step_lengths[: len(step_ids)]) > self.max_length:
-                raise RowError(row, self._too_long(fixed + len(problem_ids) + sum(step_lengths)))
+                raise RowTooLong(row, self._too_long(fixed + len(problem_ids) + sum(step_lengths)))
         ids = [*head, *problem_ids, *mid]
         prompt_length = len(ids)
         ends = []
