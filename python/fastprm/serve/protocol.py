@@ -10,7 +10,8 @@
   recorded exchange with vLLM 0.32's server, ``tests/fixtures/vllm_pooling.json``).
 
 Every error is vLLM's (OpenAI's) error object ``{"error": {"message", "type", "param", "code"}}``, whose
-``param`` names the field, e.g. ``rows[3].steps``.
+``param`` names the field, e.g. ``rows[3].steps``. A string with a lone surrogate escape (``"\\ud800"``) is
+refused by the JSON parser itself: 400.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..io import json_safe, not_utf8, split_solution
+from ..io import json_safe, split_solution
 
 ERROR_TYPES = {
     400: "BadRequestError",
@@ -130,12 +131,6 @@ def field_path(loc: tuple) -> str:
     return path or "body"
 
 
-def check_text(value: Any, where: str) -> None:
-    """422 when a string inside ``value`` cannot be UTF-8 (a lone surrogate sent as ``\\ud800``)."""
-    if (bad := not_utf8(value, where)) is not None:
-        raise RequestError(422, f"{bad}: not valid Unicode text (a lone surrogate)", bad)
-
-
 def check_rows(count: int, limit: int, field: str) -> None:
     if count > limit:
         raise RequestError(
@@ -165,8 +160,6 @@ def reward_rows(
         raise RequestError(
             422, f"labels: {len(request.labels)} labels for {len(request.query)} queries", "labels"
         )
-    check_text(request.query, "query")
-    check_text(request.prompts, "prompts")
     pattern = re.compile(problem_regex or CHAT_USER_TURN, re.S)
     problems, solutions = [], []
     for i, (query, prompt) in enumerate(zip(request.query, request.prompts)):
@@ -245,7 +238,6 @@ def pooling_inputs(
             "input",
         )
     if all(isinstance(v, str) for v in value):
-        check_text(value, "input")
         return value, None
     if all(_is_id(v) for v in value):
         value = [value]

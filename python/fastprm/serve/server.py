@@ -23,6 +23,9 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.service.draining = True
         super().handle_exit(sig, frame)
+        # uvicorn raises the signal again once shut down, so the process would die of it (-15); a finished
+        # drain is a clean exit, 0. A second Ctrl-C still forces the exit (uvicorn reads should_exit).
+        self._captured_signals.clear()
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
