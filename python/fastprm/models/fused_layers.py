@@ -186,12 +186,18 @@ def _fused_forward(
     q, k, v = (
         part.view(B, T, -1, D).transpose(1, 2) for part in qkv.split([Hq * D, Hkv * D, Hkv * D], dim=1)
     )
-    cache = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
+    cache, legacy = kwargs.pop("cache", None), kwargs.pop("past_key_values", None)  # older transformers' name
+    cache = legacy if cache is None else cache  # not `or`: an empty Cache is falsy
     if cache is not None:  # a prefix cache (the rows layout): this call's keys join it, as in transformers
         k, v = cache.update(k, v, attn.layer_idx, kwargs=kwargs)
     out, _ = varlen_attention.varlen_attention(
         attn, q, k, v, attention_mask, scaling=attn.scaling, position_ids=position_ids, **kwargs
     )
+    packed_rows = kwargs.get(varlen_attention.ROWS_KWARG)
+    if packed_rows is not None and packed_rows.captured is not None:
+        # The captured keys and values are views of the whole QKV output: keep copies of them alone, or a
+        # kept prefix would hold the queries too ((Hq + 2 Hkv) / (2 Hkv) times the memory).
+        packed_rows.captured[-1] = tuple(t.contiguous() for t in packed_rows.captured[-1])
     out = out.reshape(B * T, Hq * D)
     residual = x
     if rows is not None:
