@@ -10,6 +10,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "layer_ops.h"
 #include "row_ops.h"
 #include "score_steps.h"
 
@@ -387,6 +389,129 @@ py::object varlen_attention_op(py::handle q, py::handle k, py::handle v, py::han
   return result;
 }
 
+
+// The dtype of a decoder-layer kernel's tensor (float32, bfloat16 or float16), which must be `like`'s when given.
+Kind layer_kind(const TensorArg& a, const char* name, const char* like_name = nullptr, Kind like = Kind::other) {
+  if (a.kind != Kind::f32 && a.kind != Kind::bf16 && a.kind != Kind::f16)
+    fail(std::string(name) + " must be float32, bfloat16 or float16");
+  if (like_name != nullptr && a.kind != like) fail(std::string(name) + " must have the dtype of " + like_name);
+  return a.kind;
+}
+
+// A 2-D tensor's rows; its last dimension must be contiguous.
+RowMatrix row_matrix(const TensorArg& a, const char* name) {
+  if (a.size[1] > 1 && a.stride[1] != 1) fail(std::string(name) + "'s last dimension must be contiguous");
+  return {a.data, a.stride[0]};
+}
+
+// An uninitialised (NaN-filled under FASTPRM_NAN_FILL_OUTPUTS) output of this float kind.
+py::array float_output(Kind kind, std::vector<py::ssize_t> shape) {
+  if (kind == Kind::f32) return new_output<float>(std::move(shape));
+  return new_output<uint16_t>(std::move(shape));
+}
+
+py::object float_tensor(const py::array& a, Kind kind) {
+  py::object t = as_tensor(a);
+  if (kind != Kind::f32)  // 16-bit floats travel as uint16 words
+    t = t.attr(g_torch->view)(g_torch->dtypes[static_cast<int>(kind)]);
+  return t;
+}
+
+py::object rms_norm_op(py::handle x, py::handle weight, double eps, py::handle residual, int threads) {
+  const TensorArg xa = tensor_arg(x, "x", 2);
+  const Kind kind = layer_kind(xa, "x");
+  const int64_t N = xa.size[0], H = xa.size[1];
+  const TensorArg wa = tensor_arg(weight, "weight", 1);
+  layer_kind(wa, "weight", "x", kind);
+  if (wa.size[0] != H) fail("weight must be [" + std::to_string(H) + "] (x's last dimension), got [" +
+                             std::to_string(wa.size[0]) + "]");
+  if (H > 1 && wa.stride[0] != 1) fail("weight must be contiguous");
+  if (!(eps >= 0.0) || !std::isfinite(eps)) fail("eps must be a finite number >= 0");
+  RmsNormArgs args{};
+  args.dtype = static_cast<DType>(kind);
+  args.rows = N;
+  args.width = H;
+  args.eps = static_cast<float>(eps);
+  args.x = row_matrix(xa, "x");
+  args.weight = wa.data;
+  args.threads = std::max(1, threads);
+  py::array out = float_output(kind, {N, H});
+  args.out = out.mutable_data();
+  py::array sum;
+  if (!residual.is_none()) {
+    const TensorArg ra = tensor_arg(residual, "residual", 2);
+    layer_kind(ra, "residual", "x", kind);
+    if (ra.size[0] != N || ra.size[1] != H) fail("residual must have x's shape");
+    args.residual = row_matrix(ra, "residual");
+    sum = float_output(kind, {N, H});
+    args.sum_out = sum.mutable_data();
+  }
+  {
+    py::gil_scoped_release release;
+    layer_ops(g_isa).rms_norm(args);
+  }
+  if (residual.is_none()) return float_tensor(out, kind);
+  return py::make_tuple(float_tensor(sum, kind), float_tensor(out, kind));
+}
+
+py::object silu_mul_op(py::handle gate_up, int threads) {
+  const TensorArg ga = tensor_arg(gate_up, "gate_up", 2);
+  const Kind kind = layer_kind(ga, "gate_up");
+  if (ga.size[1] % 2) fail("gate_up must be [rows, 2 * I], got an odd last dimension");
+  SiluMulArgs args{};
+  args.dtype = static_cast<DType>(kind);
+  args.rows = ga.size[0];
+  args.width = ga.size[1] / 2;
+  args.gate_up = row_matrix(ga, "gate_up");
+  args.threads = std::max(1, threads);
+  py::array out = float_output(kind, {args.rows, args.width});
+  args.out = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    layer_ops(g_isa).silu_mul(args);
+  }
+  return float_tensor(out, kind);
+}
+
+void rotary_op(py::handle x, py::handle cos, py::handle sin, int threads) {
+  const TensorArg xa = tensor_arg(x, "x", 3);
+  const Kind kind = layer_kind(xa, "x");
+  const int64_t T = xa.size[0], Hh = xa.size[1], D = xa.size[2];
+  if (D % 2) fail("x's head_dim must be even");
+  if (D > 1 && xa.stride[2] != 1) fail("x's head_dim elements must be contiguous");
+  // Rotated in place: no two (token, head) rows may share memory. Sorting the two outer dimensions by stride,
+  // the inner one must step over a whole head row and the outer one over all the inner rows.
+  int64_t inner_n = T, inner_s = xa.stride[0], outer_n = Hh, outer_s = xa.stride[1];
+  if (outer_n > 1 && (inner_n <= 1 || outer_s < inner_s)) {
+    std::swap(inner_n, outer_n);
+    std::swap(inner_s, outer_s);
+  }
+  if ((inner_n > 1 && inner_s < D) || (outer_n > 1 && inner_n > 0 && outer_s < inner_n * inner_s) ||
+      (outer_n > 1 && inner_n <= 1 && outer_s < D))
+    fail("x's (token, head) rows overlap in memory; it is rotated in place");
+  RotaryArgs args{};
+  args.dtype = static_cast<DType>(kind);
+  args.tokens = T;
+  args.heads = Hh;
+  args.head_dim = D;
+  args.x = xa.data;
+  args.stride_token = xa.stride[0];
+  args.stride_head = xa.stride[1];
+  const char* names[2] = {"cos", "sin"};
+  RowMatrix* tables[2] = {&args.cos, &args.sin};
+  py::handle given[2] = {cos, sin};
+  for (int i = 0; i < 2; ++i) {
+    const TensorArg ta = tensor_arg(given[i], names[i], 2);
+    layer_kind(ta, names[i], "x", kind);
+    if (ta.size[0] != T || ta.size[1] != D)
+      fail(std::string(names[i]) + " must be [" + std::to_string(T) + ", " + std::to_string(D) +
+           "] (x's tokens and head_dim)");
+    *tables[i] = row_matrix(ta, names[i]);
+  }
+  args.threads = std::max(1, threads);
+  py::gil_scoped_release release;
+  layer_ops(g_isa).rotary(args);
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -420,4 +545,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("varlen_attention", &varlen_attention_op, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("cu_seqlens"),
         py::arg("scale"), py::arg("prefix_k"), py::arg("prefix_v"), py::arg("prefix_spans"), py::arg("threads"),
         "Causal varlen attention (inference) of fastprm::varlen_attention: out [tokens, heads_q, head_dim]");
+  m.def("rms_norm", &rms_norm_op, py::arg("x"), py::arg("weight"), py::arg("eps"), py::arg("residual"),
+        py::arg("threads"),
+        "transformers' RMSNorm of x [N, H] (residual None) or (x + residual, RMSNorm(x + residual))");
+  m.def("silu_mul", &silu_mul_op, py::arg("gate_up"), py::arg("threads"),
+        "silu(gate) * up [N, I] of a merged gate/up projection [N, 2I]");
+  m.def("rotary", &rotary_op, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("threads"),
+        "Rotary embedding (transformers' half-rotation layout) of x [tokens, heads, head_dim] in place");
 }

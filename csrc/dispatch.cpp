@@ -1,5 +1,6 @@
 // Runtime ISA detection, and the kernels of each ISA.
 #include "attention.h"
+#include "layer_ops.h"
 #include "row_ops.h"
 
 namespace fastprm {
@@ -55,6 +56,21 @@ RowOps row_ops(Isa isa, DType dtype) {
 #endif
     default:
       return portable::row_ops(dtype);
+  }
+}
+
+LayerOps layer_ops(Isa isa) {
+  switch (isa) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case Isa::avx2:
+      return avx2::layer_ops();
+    case Isa::avx512:
+      return avx512::layer_ops(false);
+    case Isa::avx512_bf16:
+      return avx512::layer_ops(true);
+#endif
+    default:
+      return portable::layer_ops();
   }
 }
 

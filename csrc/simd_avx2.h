@@ -29,6 +29,7 @@ struct Vec8 {
     return _mm_cvtss_f32(s);
   }
   static Reg sub(Reg a, Reg b) { return _mm256_sub_ps(a, b); }
+  static Reg div(Reg a, Reg b) { return _mm256_div_ps(a, b); }
   static Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
   static float max_of(Reg v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

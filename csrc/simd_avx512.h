@@ -24,6 +24,7 @@ struct Vec16 {
   static Reg fmadd(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   static float sum(Reg v) { return _mm512_reduce_add_ps(v); }
   static Reg sub(Reg a, Reg b) { return _mm512_sub_ps(a, b); }
+  static Reg div(Reg a, Reg b) { return _mm512_div_ps(a, b); }
   static Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
   static float max_of(Reg v) { return _mm512_reduce_max_ps(v); }
   // 2^x: x = n + f with n = round(x), |f| <= 1/2, 2^f by simd::exp2_fraction, then scaled by 2^n with vscalefps, which flushes to 0 below the normal range. x is clamped to [-150, 128]

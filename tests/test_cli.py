@@ -387,7 +387,9 @@ def test_score_runs_the_calibrated_plan_and_reports_it(qwen_prm_dir, tmp_path, m
     assert main(argv) == 0
     assert list((tmp_path / "cache" / "tune").glob("*.json"))
     summary = capsys.readouterr().err.strip().splitlines()[-1]
-    assert re.search(r"(rows|packed|padded) layout.*GEMMs; peak RSS \d+ MB", summary), summary
+    assert re.search(
+        r"(rows|packed|padded) layout.*GEMMs(, compiled)?(, fused layers)?; peak RSS \d+ MB", summary
+    ), summary
     for got, expected in zip(map(json.loads, dst.read_text().splitlines()), fixed):
         assert got["scores"]["step_scores"] == pytest.approx(expected["scores"]["step_scores"], abs=1e-5)
     monkeypatch.setenv("FASTPRM_TUNE_PIN", "layout=diagonal")

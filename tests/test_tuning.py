@@ -81,7 +81,7 @@ def test_the_key_holds_the_machine_and_the_model_shape(prm):
 
 def test_given_choices_need_no_calibration(prm, tuning_on, monkeypatch):
     monkeypatch.setattr(calibrate_module, "calibrate", _no_calibration)
-    scorer = Scorer(prm, layout="padded", batch_tokens=512, gemm_route="torch", compile=False)
+    scorer = Scorer(prm, layout="padded", batch_tokens=512, gemm_route="torch", compile=False, fused=False)
     assert scorer.plan == ScoringPlan("padded", 512, "torch", False)
 
 

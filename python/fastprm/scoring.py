@@ -90,6 +90,8 @@ class Scorer:
             prefix. Default: on, unless compiling.
         compile: run the backbone's layers through ``torch.compile(dynamic=True)`` (see
             :func:`~fastprm.models.step_rows.compile_backbone`).
+        fused: run the decoder layers hand-fused on CPU (:mod:`fastprm.models.fused_layers`; not with
+            ``compile``).
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class Scorer:
         share_prefix: bool | None = None,
         compile: bool | None = None,
         gemm_route: str | None = None,
+        fused: bool | None = None,
     ):
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -114,13 +117,22 @@ class Scorer:
             check_gemm_route(gemm_route, prm.device, prm.dtype)
         if prm.device.type == "cpu":
             fit_threads_to_cores()  # before the calibration key reads the thread count
-        given = {"layout": layout, "batch_tokens": batch_tokens, "gemm_route": gemm_route, "compile": compile}
+        if compile and fused is None:  # the fused kernels do not compile
+            fused = False
+        given = {
+            "layout": layout,
+            "batch_tokens": batch_tokens,
+            "gemm_route": gemm_route,
+            "compile": compile,
+            "fused": fused,
+        }
         if any(value is None for value in given.values()):
             from .tuning import tuned_plan
 
             tuned = tuned_plan(prm)
             given = {name: getattr(tuned, name) if value is None else value for name, value in given.items()}
         self.plan = ScoringPlan(**given)
+        self.plan.check()
         check_gemm_route(self.plan.gemm_route, prm.device, prm.dtype)  # a pinned route too
         self.prm = prm
         if self.plan.compile:
@@ -162,6 +174,7 @@ class Scorer:
                     packed.step_index,
                     position_ids=packed.position_ids,
                     gemm_route=self.plan.gemm_route,
+                    fused=self.plan.fused,
                 )
             else:
                 padded = pad_rows(ids, ends, self.pad_id).to(self.prm.device)
@@ -170,6 +183,7 @@ class Scorer:
                     padded.step_index,
                     padded.attention_mask,
                     gemm_route=self.plan.gemm_route,
+                    fused=self.plan.fused,
                 )
             scores = self.prm.score_step_rows(hidden, cu_seqlens([len(e) for e in ends]), self.threshold)
             for i, result in zip(batch, _solution_scores(scores, members)):
@@ -196,7 +210,11 @@ class Scorer:
             distinct = [p for p in batch_prompts if p]
             if distinct:
                 _, prefix = self.prm.packed_step_hidden_states(
-                    [list(p) for p in distinct], [[] for _ in distinct], capture=True, gemm_route=route
+                    [list(p) for p in distinct],
+                    [[] for _ in distinct],
+                    capture=True,
+                    gemm_route=route,
+                    fused=self.plan.fused,
                 )
                 bounds = [0, *itertools.accumulate(len(p) for p in distinct)]
                 span_of.update({p: (bounds[j], bounds[j + 1]) for j, p in enumerate(distinct)})
@@ -209,6 +227,7 @@ class Scorer:
                     prefix=prefix,
                     prefix_spans=[span_of[prompts[m]] for m in members],
                     gemm_route=route,
+                    fused=self.plan.fused,
                 )
                 scores = self.prm.score_step_rows(
                     hidden, cu_seqlens([len(r.step_ends) for r in batch]), self.threshold
@@ -236,7 +255,7 @@ class Scorer:
                     ids = torch.tensor([row.input_ids[len(prompt) :]], device=device)
                     ends = torch.tensor(row.step_ends, device=device) - len(prompt)
                     hidden = self.prm.step_hidden_states(
-                        ids, ends, prefix=prefix, gemm_route=self.plan.gemm_route
+                        ids, ends, prefix=prefix, gemm_route=self.plan.gemm_route, fused=self.plan.fused
                     )
                     cu_steps = torch.tensor([0, len(row.step_ends)], device=device)
                     results[i] = _solution_scores(
@@ -256,11 +275,16 @@ class Scorer:
         device = self.prm.device
         if header and (self._header is None or self._header[0] != header):
             header_ids = torch.tensor([header], device=device)
-            self._header = (header, self.prm.prefix_cache(header_ids, gemm_route=self.plan.gemm_route))
+            self._header = (
+                header,
+                self.prm.prefix_cache(header_ids, gemm_route=self.plan.gemm_route, fused=self.plan.fused),
+            )
         cache = self._header[1] if header else None
         if rest:
             rest_ids = torch.tensor([rest], device=device)
-            cache = self.prm.prefix_cache(rest_ids, after=cache, gemm_route=self.plan.gemm_route)
+            cache = self.prm.prefix_cache(
+                rest_ids, after=cache, gemm_route=self.plan.gemm_route, fused=self.plan.fused
+            )
         return cache
 
 

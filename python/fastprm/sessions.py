@@ -35,11 +35,19 @@ class StepSession:
     Made by :meth:`PRM.session <fastprm.models.prm.PRM.session>`; see the module docstring.
     """
 
-    def __init__(self, prm: PRM, tokenizer: StepTokenizer, threshold: float, gemm_route: str | None):
+    def __init__(
+        self,
+        prm: PRM,
+        tokenizer: StepTokenizer,
+        threshold: float,
+        gemm_route: str | None,
+        fused: bool = False,
+    ):
         self.prm = prm
         self.tokenizer = tokenizer
         self.threshold = threshold
         self.gemm_route = gemm_route
+        self.fused = fused  # hand-fused decoder layers (fastprm.models.fused_layers)
         self.chunks: list[tuple[int, Chunk]] = []  # (tokens, per-layer keys and values)
         self.step_ids: list[list[int]] = []  # each step's tokens, separator included
         self.prompt_ids: list[int] = []
@@ -104,7 +112,7 @@ class StepSession:
 
     def fork(self) -> StepSession:
         """An independent session with the same steps, sharing the computed keys and values (no copy)."""
-        other = StepSession(self.prm, self.tokenizer, self.threshold, self.gemm_route)
+        other = StepSession(self.prm, self.tokenizer, self.threshold, self.gemm_route, self.fused)
         other.chunks = list(self.chunks)
         other.step_ids = list(self.step_ids)
         other.prompt_ids = self.prompt_ids
@@ -122,22 +130,25 @@ def start_session(
     threshold: float = 0.5,
     max_length: int | None = None,
     gemm_route: str | None = None,
+    fused: bool | None = None,
 ) -> StepSession:
     """A session for ``problem`` with its prompt computed (what :meth:`PRM.session` returns)."""
     if max_length is None:
         max_length = getattr(prm.backbone.config, "max_position_embeddings", None)
     tokenizer = StepTokenizer(prm.tokenizer, prm.convention, max_length=max_length)
-    if gemm_route is None:  # the scorer's measured route (FASTPRM_TUNE=off: the device's default)
+    if gemm_route is None or fused is None:  # the scorer's measured plan (FASTPRM_TUNE=off: the defaults)
         from .tuning import tuned_plan
 
-        gemm_route = tuned_plan(prm).gemm_route
-    session = StepSession(prm, tokenizer, threshold, gemm_route)
+        plan = tuned_plan(prm)
+        gemm_route = plan.gemm_route if gemm_route is None else gemm_route
+        fused = plan.fused if fused is None else fused
+    session = StepSession(prm, tokenizer, threshold, gemm_route, fused)
     session.prompt_ids = tokenizer.prompt_ids(problem)
     _check_length(session, len(session.prompt_ids), 0)
     if session.prompt_ids:
         with torch.inference_mode():
             _, captured = prm.packed_step_hidden_states(
-                [session.prompt_ids], [[]], capture=True, gemm_route=gemm_route
+                [session.prompt_ids], [[]], capture=True, gemm_route=gemm_route, fused=fused
             )
         session.chunks.append((len(session.prompt_ids), _row_chunk(captured, 0, len(session.prompt_ids))))
     return session
@@ -192,6 +203,7 @@ def add_steps(sessions: Sequence[StepSession], texts: Sequence[str]) -> list[flo
         prefix_spans=spans,
         capture=True,
         gemm_route=sessions[0].gemm_route,
+        fused=sessions[0].fused,
     )
     scores = prm.score_step_rows(hidden, torch.arange(len(sessions) + 1), sessions[0].threshold)
     _, log_probs = step_probabilities(scores.step_logits.float(), prm.convention.positive_class)

@@ -52,6 +52,13 @@ def calibration_table(record: dict) -> str:
         ]
     lines += [_candidate_line(entry, plan, chosen_here=True) for entry in confirmed]
     for entry in record["table"]:
+        if entry["phase"] == "fused":
+            lines += [
+                "",
+                f"Fused decoder layers, all layers ({entry['tokens']} tokens): {entry['tokens_per_s']:.0f} "
+                f"tokens/s against {entry['unfused_tokens_per_s']:.0f} unfused"
+                f"{'  <- chosen' if plan['fused'] else ' (not chosen)'}",
+            ]
         if entry["phase"] == "compile":
             if "error" in entry:
                 lines += ["", f"torch.compile: failed ({entry['error']})"]

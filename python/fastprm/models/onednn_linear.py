@@ -55,6 +55,11 @@ def packed_weight(layer: nn.Linear) -> torch.Tensor:
     return cached[1]
 
 
+def forget(layer: nn.Linear) -> None:
+    """Drops ``layer``'s packed weight (a caller that packs it merged with others, :mod:`.fused_layers`)."""
+    _packed.pop(layer, None)
+
+
 # Not traced by torch.compile (it cannot trace oneDNN's packed-weight tensors); compiled layers call it as is.
 @torch.compiler.disable
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:

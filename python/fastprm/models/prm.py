@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
@@ -22,6 +23,7 @@ from . import varlen_attention
 from .checkpoint import checkpoint_errors, load_backbone, load_config, load_tokenizer
 from .conventions import CONVENTIONS, FASTPRM_CONFIG, Convention, get_convention, saved_by_fastprm
 from .cpu_bf16 import native_bf16
+from .fused_layers import fused_layers
 from .gemm_routes import default_gemm_route, route_gemms
 from .heads import Head, build_head, head_class
 from .step_rows import last_layer_at_rows
@@ -226,6 +228,7 @@ class PRM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         prefix=None,
         gemm_route: str | None = None,
+        fused: bool = False,
         **kwargs,
     ) -> torch.Tensor:
         """Last hidden states of the backbone (no LM head): [B, T, H] (or [1, K, H] within
@@ -233,18 +236,21 @@ class PRM(nn.Module):
 
         ``prefix``: a :meth:`prefix_cache` of tokens that come before ``input_ids`` (one unpadded row, B = 1);
         the row attends to them as if they led it, and the cache is left as it was. ``gemm_route``: how the
-        matmuls run (:mod:`fastprm.models.gemm_routes`); default :func:`default_gemm_route`.
+        matmuls run (:mod:`fastprm.models.gemm_routes`); default :func:`default_gemm_route`. ``fused``: run the
+        decoder layers hand-fused (:mod:`fastprm.models.fused_layers`; where they apply).
         """
         if prefix is not None:
             kwargs[_cache_argument(type(self.backbone))] = prefix
             prefix_length = prefix.get_seq_length()
-        with self._gemm_route(gemm_route):
+        with self._gemm_route(gemm_route, fused):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         if prefix is not None and (appended := prefix.get_seq_length() - prefix_length):
             prefix.crop(-appended)  # drops what this row appended (a negative count in every transformers)
         return out.last_hidden_state
 
-    def prefix_cache(self, prefix_ids: torch.Tensor, after=None, gemm_route: str | None = None):
+    def prefix_cache(
+        self, prefix_ids: torch.Tensor, after=None, gemm_route: str | None = None, fused: bool = False
+    ):
         """Keys and values of a token prefix [1, P] that many rows share (a problem scored with many
         solutions), for :meth:`hidden_states` / :meth:`step_hidden_states` ``(..., prefix=...)``: it is
         computed once, and each row then runs only its own tokens. A transformers ``Cache``. ``after``: the
@@ -257,7 +263,7 @@ class PRM(nn.Module):
         with (
             torch.no_grad(),
             last_layer_at_rows(self.backbone, no_rows),
-            self._gemm_route(gemm_route),
+            self._gemm_route(gemm_route, fused),
         ):
             out = self.backbone(input_ids=prefix_ids, use_cache=True, **earlier)
         return out.cache if hasattr(out, "cache") else out.past_key_values
@@ -272,7 +278,7 @@ class PRM(nn.Module):
         """Final hidden states [K, H] at ``rows`` [K] (int64 flat positions of the [B * T] tokens), e.g. the
         step rows. The last layer computes past its attention at those rows only
         (:mod:`fastprm.models.step_rows`); other architectures run it in full and the rows are gathered.
-        ``kwargs`` go to :meth:`hidden_states` (``position_ids``, ``prefix``, ``gemm_route``)."""
+        ``kwargs`` go to :meth:`hidden_states` (``position_ids``, ``prefix``, ``gemm_route``, ``fused``)."""
         with last_layer_at_rows(self.backbone, rows) as at_rows:
             hidden = self.hidden_states(input_ids, attention_mask, **kwargs)
         return hidden[0] if at_rows else hidden.reshape(-1, hidden.shape[-1])[rows]
@@ -286,6 +292,7 @@ class PRM(nn.Module):
         prefix_spans: Sequence[tuple[int, int]] | None = None,
         capture: bool = False,
         gemm_route: str | None = None,
+        fused: bool = False,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]:
         """Rows of token ids, each continuing its own span of cached keys and values, in one packed forward.
 
@@ -296,7 +303,7 @@ class PRM(nn.Module):
             prefix_spans: per row (start, end) in ``prefix``: the tokens the row continues (its positions
                 start at end - start). Default: no prefix.
             capture: also return every layer's (keys, values) [N, Hkv, D] of the rows' own tokens.
-            gemm_route: as :meth:`hidden_states`.
+            gemm_route, fused: as :meth:`hidden_states`.
 
         Returns:
             (hidden [K, H] at the step rows, row by row; the captured keys and values or None).
@@ -327,6 +334,7 @@ class PRM(nn.Module):
             torch.tensor(step_rows, dtype=torch.long, device=device),
             position_ids=torch.tensor([positions], device=device),
             gemm_route=gemm_route,
+            fused=fused,
             **{varlen_attention.ROWS_KWARG: packed},
         )
         return hidden, packed.captured
@@ -348,9 +356,18 @@ class PRM(nn.Module):
             threshold=threshold,
         )
 
-    def _gemm_route(self, route: str | None):
-        """The context of GEMM route ``route`` (None: the default of the model's device and dtype)."""
-        return route_gemms(self.backbone, route or default_gemm_route(self.device, self.dtype))
+    @contextlib.contextmanager
+    def _gemm_route(self, route: str | None, fused: bool = False):
+        """The context of GEMM route ``route`` (None: the default of the model's device and dtype), and of the
+        fused decoder layers when ``fused``. Entered inside ``last_layer_at_rows``, whose rows the fused last
+        layer keeps."""
+        route = route or default_gemm_route(self.device, self.dtype)
+        with route_gemms(self.backbone, route):
+            if not fused:
+                yield
+                return
+            with fused_layers(self.backbone, route):
+                yield
 
     def forward(
         self,
@@ -393,14 +410,17 @@ class PRM(nn.Module):
         threshold: float = 0.5,
         max_length: int | None = None,
         gemm_route: str | None = None,
+        fused: bool | None = None,
     ) -> StepSession:
         """An incremental scoring session of ``problem`` (see :mod:`fastprm.sessions`): its prompt runs now,
         and each :meth:`~fastprm.sessions.StepSession.add_step` runs only the new step's tokens.
-        ``max_length``: longest session (default the backbone's ``max_position_embeddings``); ``gemm_route``:
-        default the one the Scorer's calibration chose (:func:`fastprm.tuning.tuned_plan`)."""
+        ``max_length``: longest session (default the backbone's ``max_position_embeddings``); ``gemm_route``,
+        ``fused``: default the ones the Scorer's calibration chose (:func:`fastprm.tuning.tuned_plan`)."""
         from ..sessions import start_session
 
-        return start_session(self, problem, threshold=threshold, max_length=max_length, gemm_route=gemm_route)
+        return start_session(
+            self, problem, threshold=threshold, max_length=max_length, gemm_route=gemm_route, fused=fused
+        )
 
     def add_steps(self, sessions: Sequence[StepSession], texts: Sequence[str]) -> list[float]:
         """One new step for each of ``sessions`` (sessions of this model) in one backbone call: P(good) of

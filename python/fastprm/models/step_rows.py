@@ -74,6 +74,14 @@ def _forward_at_rows(
     return residual + layer.mlp(layer.post_attention_layernorm(residual))
 
 
+def rows_of(layer: nn.Module) -> torch.Tensor | None:
+    """The flat rows [K] ``layer`` computes within :func:`last_layer_at_rows`, or None outside it."""
+    forward = layer.__dict__.get("forward")
+    if isinstance(forward, functools.partial) and forward.func is _forward_at_rows:
+        return forward.args[1]
+    return None
+
+
 @contextlib.contextmanager
 def last_layer_at_rows(backbone: nn.Module, rows: torch.Tensor) -> Iterator[bool]:
     """Within this context the backbone's last layer computes only the flat rows ``rows`` [K] (int64) of its

@@ -1,13 +1,22 @@
 """fastprm's fused ops (documented public functions over torch.library ops)."""
 
+from .rms_norm.api import rms_norm, rms_norm_reference
+from .rotary.api import rotary_, rotary_reference_
+from .silu_mul.api import silu_mul, silu_mul_reference
 from .step_scoring.api import StepScores, find_steps, score_steps, score_steps_reference
 from .varlen_attention.api import varlen_attention, varlen_attention_reference
 
 __all__ = [
     "StepScores",
     "find_steps",
+    "rms_norm",
+    "rms_norm_reference",
+    "rotary_",
+    "rotary_reference_",
     "score_steps",
     "score_steps_reference",
+    "silu_mul",
+    "silu_mul_reference",
     "varlen_attention",
     "varlen_attention_reference",
 ]

@@ -15,6 +15,9 @@ full depth on a 2-core AMD EPYC Zen 5):
 3. Confirmation: each layout's fastest candidate, where close to the fastest, once more through the
    whole backbone, which decides (a shallow slice over-weights what does not grow with depth).
 
+Then the hand-fused decoder layers (:mod:`fastprm.models.fused_layers`), where the backbone has them: the chosen
+plan with and without them through the whole backbone, on the same rows in turn; fused only when faster.
+
 ``torch.compile`` is measured only when asked (``include_compile``), through the whole backbone against the
 chosen eager plan on the same rows: compiling takes far longer than the rest of the calibration.
 """
@@ -33,11 +36,13 @@ from torch import nn
 from .. import __version__
 from .._native import native
 from ..machine import cpu_description
+from ..models.fused_layers import fusable
 from ..models.gemm_routes import available_gemm_routes, default_gemm_route, route_gemms, routed_linears
 from ..models.step_rows import uncompile_backbone
 from ..tokenization import TokenizedSolution
 from .plan import (
     DEFAULT_BATCH_TOKENS,
+    PLAN_FORMAT,
     ScoringPlan,
     pinned_choices,
     read_calibration,
@@ -66,6 +71,9 @@ CONFIRM_COUNT, CONFIRM_WITHIN = 3, 1.2
 # Compilation is chosen only when it scores this much faster than eager: it costs seconds to minutes at
 # every start of a process, and smaller gains are within the noise of one calibration.
 COMPILE_MARGIN = 1.05
+# Fused layers are chosen when they score this much faster than the unfused plan: they cost nothing at start,
+# but a smaller lead is within one calibration's noise on a busy machine.
+FUSED_MARGIN = 1.02
 # The workload of one layout measurement: what the first candidate scores in about TARGET_SECONDS, within
 # [MIN_TOKENS, MAX_TOKENS] tokens. Every candidate is measured REPEATS times, in turn; the best time counts.
 TARGET_SECONDS, MIN_TOKENS, MAX_TOKENS, REPEATS = 0.5, 2048, 16384, 2
@@ -101,6 +109,7 @@ def calibration_key(prm) -> dict:
         "device": prm.device.type,
         "dtype": str(prm.dtype).removeprefix("torch."),
         "backbone": shape,
+        "plan_format": PLAN_FORMAT,
     }
 
 
@@ -131,6 +140,8 @@ def tuned_plan(prm, progress: bool = True) -> ScoringPlan:
             plan = dataclasses.replace(
                 plan, batch_tokens=best_budget(record, pins["layout"], plan.batch_tokens)
             )
+    if pins.get("compile"):  # the fused kernels do not compile: a pinned compile turns them off
+        plan = dataclasses.replace(plan, fused=False)
     plan = dataclasses.replace(plan, **pins)
     plan.check()
     return plan
@@ -151,7 +162,8 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
     start = time.perf_counter()
     table: list[dict] = []
     routes = available_gemm_routes(prm.device, prm.dtype)
-    steps = len(routes) + len(LAYOUT_CANDIDATES) + CONFIRM_COUNT + (1 if include_compile else 0)
+    fused_candidate = prm.device.type == "cpu" and fusable(prm.backbone)
+    steps = len(routes) + len(LAYOUT_CANDIDATES) + CONFIRM_COUNT + int(include_compile) + int(fused_candidate)
     bar = tqdm(
         total=steps,
         desc="fastprm: calibrating scoring for the running CPU and this model (once)",
@@ -176,14 +188,19 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
         best, confirmed = _confirm_at_full_depth(prm, route, layouts, rate, depth, bar.update)
         table += confirmed
         plan = ScoringPlan(best["layout"], best["batch_tokens"], route)
+        full_depth_tokens = _workload(rate * depth / prm.backbone.config.num_hidden_layers)
+        if fused_candidate:
+            fused = _measure_fused(prm, plan, full_depth_tokens)
+            table.append(fused)
+            bar.update()
+            if fused["seconds"] * FUSED_MARGIN < fused["unfused_seconds"]:
+                plan = dataclasses.replace(plan, fused=True)
         if include_compile:  # through the whole backbone: a shallow slice misjudged it
-            compiled = _measure_compiled(
-                prm, plan, _workload(rate * depth / prm.backbone.config.num_hidden_layers)
-            )
+            compiled = _measure_compiled(prm, plan, full_depth_tokens)
             table.append(compiled)
             bar.update()
             if compiled.get("seconds", float("inf")) * COMPILE_MARGIN < compiled.get("eager_seconds", 0.0):
-                plan = dataclasses.replace(plan, compile=True)
+                plan = dataclasses.replace(plan, compile=True, fused=False)
     record = {
         "key": calibration_key(prm),
         "plan": dataclasses.asdict(plan),
@@ -272,7 +289,7 @@ def _measure_layouts(
     rows = calibration_rows(prm.backbone.config.vocab_size, n_tokens)
     tokens = sum(len(r.input_ids) for r in rows)
     scorers = [
-        Scorer(prm, layout=layout, batch_tokens=budget, gemm_route=route, compile=False)
+        Scorer(prm, layout=layout, batch_tokens=budget, gemm_route=route, compile=False, fused=False)
         for layout, budget in candidates
     ]
     best = [float("inf")] * len(scorers)
@@ -304,7 +321,9 @@ def _tokens_per_second(prm, route: str) -> float:
     from ..scoring import Scorer
 
     probe = calibration_rows(prm.backbone.config.vocab_size, MIN_TOKENS // 4)
-    scorer = Scorer(prm, layout="rows", batch_tokens=DEFAULT_BATCH_TOKENS, gemm_route=route, compile=False)
+    scorer = Scorer(
+        prm, layout="rows", batch_tokens=DEFAULT_BATCH_TOKENS, gemm_route=route, compile=False, fused=False
+    )
     scorer.score_tokenized(probe[:1])
     begin = time.perf_counter()
     scorer.score_tokenized(probe)
@@ -313,6 +332,42 @@ def _tokens_per_second(prm, route: str) -> float:
 
 def _workload(rate: float) -> int:
     return int(min(MAX_TOKENS, max(MIN_TOKENS, rate * TARGET_SECONDS)))
+
+
+def _interleaved_best(scorers: list, rows: list[TokenizedSolution]) -> list[float]:
+    """Best-of-:data:`REPEATS` seconds of each scorer over ``rows``, the scorers taking turns so that drift
+    hits them alike."""
+    best = [float("inf")] * len(scorers)
+    for _ in range(REPEATS):
+        for i, scorer in enumerate(scorers):
+            begin = time.perf_counter()
+            scorer.score_tokenized(rows)
+            best[i] = min(best[i], time.perf_counter() - begin)
+    return best
+
+
+def _measure_fused(prm, plan: ScoringPlan, n_tokens: int) -> dict:
+    """The plan with and without fused decoder layers through the whole backbone, on the same rows, in turn:
+    the fused entry has the unfused time beside it (``unfused_seconds``)."""
+    from ..scoring import Scorer
+
+    rows = calibration_rows(prm.backbone.config.vocab_size, n_tokens)
+    tokens = sum(len(r.input_ids) for r in rows)
+    options = {**dataclasses.asdict(plan), "compile": False}
+    scorers = [Scorer(prm, **{**options, "fused": fused}) for fused in (False, True)]
+    for scorer in scorers:
+        scorer.score_tokenized(rows[:2])  # first-call costs: merged weights, the header cache
+    unfused, fused = _interleaved_best(scorers, rows)
+    return {
+        "phase": "fused",
+        **options,
+        "fused": True,
+        "tokens": tokens,
+        "seconds": fused,
+        "unfused_seconds": unfused,
+        "tokens_per_s": tokens / fused,
+        "unfused_tokens_per_s": tokens / unfused,
+    }
 
 
 def _measure_compiled(prm, plan: ScoringPlan, n_tokens: int) -> dict:
@@ -324,20 +379,22 @@ def _measure_compiled(prm, plan: ScoringPlan, n_tokens: int) -> dict:
 
     rows = calibration_rows(prm.backbone.config.vocab_size, n_tokens)
     tokens = sum(len(r.input_ids) for r in rows)
-    entry = {"phase": "compile", **dataclasses.asdict(plan), "compile": True, "tokens": tokens}
+    entry = {
+        "phase": "compile",
+        **dataclasses.asdict(plan),
+        "compile": True,
+        "fused": False,
+        "tokens": tokens,
+    }
     eager = Scorer(prm, **dataclasses.asdict(plan))
     eager.score_tokenized(rows[:2])
     try:
-        compiled = Scorer(prm, **dataclasses.asdict(dataclasses.replace(plan, compile=True)))
+        compiled = Scorer(prm, **dataclasses.asdict(dataclasses.replace(plan, compile=True, fused=False)))
         begin = time.perf_counter()
         compiled.score_tokenized(rows)  # compiles
         entry["compile_seconds"] = time.perf_counter() - begin
-        best = {"seconds": float("inf"), "eager_seconds": float("inf")}
-        for _ in range(REPEATS):
-            for name, scorer in (("eager_seconds", eager), ("seconds", compiled)):
-                begin = time.perf_counter()
-                scorer.score_tokenized(rows)
-                best[name] = min(best[name], time.perf_counter() - begin)
+        eager_seconds, seconds = _interleaved_best([eager, compiled], rows)
+        best = {"seconds": seconds, "eager_seconds": eager_seconds}
         entry.update(
             best, tokens_per_s=tokens / best["seconds"], eager_tokens_per_s=tokens / best["eager_seconds"]
         )

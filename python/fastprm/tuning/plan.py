@@ -5,7 +5,7 @@ Environment:
     FASTPRM_TUNE: ``auto`` (default: calibrate once per machine and model shape, then read the cache),
         ``off`` (no calibration: :func:`fallback_plan`) or ``retune`` (calibrate again, replacing the cache).
     FASTPRM_TUNE_PIN: choices fixed whatever was measured, e.g. ``layout=packed,batch_tokens=4096,
-        gemm_route=onednn,compile=0``.
+        gemm_route=onednn,compile=0,fused=1``.
     FASTPRM_CACHE_DIR: where calibrations are kept (default ``$XDG_CACHE_HOME/fastprm`` or
         ``~/.cache/fastprm``), one JSON file per key.
 """
@@ -26,6 +26,9 @@ TUNE_MODES = ("auto", "off", "retune")
 GEMM_ROUTES = ("torch", "onednn", "fp32")
 # Token budget of a packed or padded batch when nothing was measured.
 DEFAULT_BATCH_TOKENS = 16384
+# The plan's format, part of every calibration key: a cache written for other fields is never read.
+PLAN_FORMAT = 2
+_BOOLEAN_FIELDS = ("compile", "fused")
 
 
 @dataclass(frozen=True)
@@ -37,17 +40,21 @@ class ScoringPlan:
         batch_tokens: token budget of one packed or padded batch.
         gemm_route: ``torch``, ``onednn`` or ``fp32`` (:mod:`fastprm.models.gemm_routes`).
         compile: whether the backbone's layers run through ``torch.compile``.
+        fused: whether the decoder layers run hand-fused (:mod:`fastprm.models.fused_layers`); not with
+            ``compile``.
     """
 
     layout: str
     batch_tokens: int
     gemm_route: str
     compile: bool = False
+    fused: bool = False
 
     def describe(self) -> str:
         budget = "" if self.layout == "rows" else f" ({self.batch_tokens} tokens per batch)"
         compiled = ", compiled" if self.compile else ""
-        return f"{self.layout} layout{budget}, {self.gemm_route} GEMMs{compiled}"
+        fused = ", fused layers" if self.fused else ""
+        return f"{self.layout} layout{budget}, {self.gemm_route} GEMMs{compiled}{fused}"
 
     @classmethod
     def from_dict(cls, fields: dict) -> ScoringPlan:
@@ -67,8 +74,13 @@ class ScoringPlan:
             raise ValueError(f"batch_tokens must be a positive integer, got {self.batch_tokens!r}")
         if self.gemm_route not in GEMM_ROUTES:
             raise ValueError(f"gemm_route must be one of {', '.join(GEMM_ROUTES)}, got {self.gemm_route!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be true or false, got {self.compile!r}")
+        for name in _BOOLEAN_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.compile and self.fused:
+            raise ValueError(
+                "compile and fused exclude each other (torch.compile cannot trace the fused kernels)"
+            )
 
 
 def tune_mode() -> str:
@@ -93,9 +105,9 @@ def pinned_choices() -> dict[str, object]:
             if not value.isdigit() or int(value) < 1:
                 raise ValueError(f"FASTPRM_TUNE_PIN: batch_tokens must be a positive integer, got {value!r}")
             pins[name] = int(value)
-        elif name == "compile":
+        elif name in _BOOLEAN_FIELDS:
             if value.lower() not in ("0", "1", "true", "false"):
-                raise ValueError(f"FASTPRM_TUNE_PIN: compile must be 0 or 1, got {value!r}")
+                raise ValueError(f"FASTPRM_TUNE_PIN: {name} must be 0 or 1, got {value!r}")
             pins[name] = value.lower() in ("1", "true")
         else:
             pins[name] = value

@@ -1,0 +1,218 @@
+"""Hand-fused decoder layers (fastprm.models.fused_layers) against transformers' own layer forward.
+
+fp32 results agree within 1e-5; bf16 ones within two units of bf16's last place (the kernels round where
+transformers rounds, so in practice they agree bit for bit on these models). Covered: Qwen2, Llama (with
+attention and MLP biases) and Mistral, with and without the step-row last layer, packed rows, one row after a
+prefix cache, packed rows after per-row prefix spans (sessions), every GEMM route, batch composition, autograd
+(the fused path is off) and Qwen3 (left unfused).
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+from fastprm import _native
+from fastprm.models import CONVENTIONS, PRM
+from fastprm.models import fused_layers as fl
+from fastprm.models.gemm_routes import available_gemm_routes
+from fastprm.models.heads import LinearHead
+from fastprm.packing import pack_rows, pad_rows
+from fastprm.scoring import Scorer
+from fastprm.tuning import calibrate
+from fastprm.tuning.plan import ScoringPlan, pinned_choices
+
+pytestmark = pytest.mark.skipif(_native.native is None, reason="the C++ extension is not built")
+
+# head_dim 16: a width the attention kernel takes on AVX2 and AVX-512
+SMALL = dict(
+    vocab_size=50, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=128,
+)  # fmt: skip
+BACKBONES = {
+    "qwen2": dict(model_type="qwen2", **SMALL),
+    "llama": dict(model_type="llama", attention_bias=True, mlp_bias=True, **SMALL),
+    "mistral": dict(model_type="mistral", **SMALL),
+}
+ROWS = [[5, 9, 2, 7, 7, 1], [3], [4, 4, 8, 1, 2, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], [6, 2]]
+ENDS = [[0, 3, 5], [0], [1, 16], [0, 1]]
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2**-6, atol=2**-6)}
+
+
+def _prm(config: dict, dtype=torch.float32) -> PRM:
+    torch.manual_seed(0)
+    prm = PRM.from_config(config, tokenizer=None, convention=CONVENTIONS["token-classification"], dtype=dtype)
+    prm.head = LinearHead(config["hidden_size"], 2).to(dtype)
+    for p in prm.parameters():  # random norm weights and biases, not ones and zeros
+        p.data.add_(torch.randn_like(p) * 0.1)
+    return prm.eval()
+
+
+def _count_fused_calls():
+    return mock.patch.object(fl, "silu_mul_cpu", wraps=fl.silu_mul_cpu)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_equals_transformers(name, dtype):
+    prm = _prm(BACKBONES[name], dtype)
+    b = pack_rows(ROWS, ENDS)
+    layers = SMALL["num_hidden_layers"]
+    with torch.inference_mode():
+        for route in available_gemm_routes(prm.device, dtype):
+            kw = dict(position_ids=b.position_ids, gemm_route=route)
+            with _count_fused_calls() as calls:
+                full = prm.hidden_states(b.input_ids, fused=True, **kw)
+                at_rows = prm.step_hidden_states(b.input_ids, b.step_index, fused=True, **kw)
+            assert calls.call_count == 2 * layers
+            torch.testing.assert_close(full, prm.hidden_states(b.input_ids, **kw), **TOL[dtype])
+            torch.testing.assert_close(
+                at_rows, prm.step_hidden_states(b.input_ids, b.step_index, **kw), **TOL[dtype]
+            )
+
+
+def test_padded_rows():
+    prm = _prm(BACKBONES["qwen2"])
+    b = pad_rows(ROWS, ENDS, pad_id=0)
+    with torch.inference_mode():
+        want = prm.step_hidden_states(b.input_ids, b.step_index, b.attention_mask)
+        with _count_fused_calls() as calls:
+            got = prm.step_hidden_states(b.input_ids, b.step_index, b.attention_mask, fused=True)
+    assert calls.call_count == SMALL["num_hidden_layers"]
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_one_row_after_a_prefix_cache(name):
+    """The ``rows`` layout: a row after a transformers cache of its prompt (the layer updates the cache)."""
+    prm = _prm(BACKBONES[name])
+    ids = torch.tensor([ROWS[2]])
+    rows = torch.tensor([3, 9])
+    with torch.inference_mode():
+        want = prm.step_hidden_states(ids[:, 5:], rows, prefix=prm.prefix_cache(ids[:, :5]))
+        with _count_fused_calls() as calls:
+            cache = prm.prefix_cache(ids[:, :5], fused=True)
+            got = prm.step_hidden_states(ids[:, 5:], rows, prefix=cache, fused=True)
+        assert calls.call_count == 2 * SMALL["num_hidden_layers"]
+        assert cache.get_seq_length() == 5  # left as it was
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("route", ["torch", "onednn"])
+def test_packed_rows_after_prefix_spans(route):
+    """Rows continuing per-row spans of captured keys and values (what sessions and problem-shared packed
+    scoring run), captured by fused layers and read by them, equal the unfused path."""
+    prm = _prm(BACKBONES["qwen2"])
+    if route not in available_gemm_routes(prm.device, prm.dtype):
+        pytest.skip(f"no {route} route here")
+    prompts = [[1, 2, 3, 4], [7, 8]]
+    results = []
+    with torch.inference_mode():
+        for fused in (False, True):
+            _, prefix = prm.packed_step_hidden_states(
+                prompts, [[], []], capture=True, gemm_route=route, fused=fused
+            )
+            hidden, _ = prm.packed_step_hidden_states(
+                [ROWS[0], ROWS[2], ROWS[3]],
+                [ENDS[0], ENDS[2], ENDS[3]],
+                prefix=prefix,
+                prefix_spans=[(0, 4), (4, 6), (0, 4)],
+                gemm_route=route,
+                fused=fused,
+            )
+            results.append(hidden)
+    torch.testing.assert_close(results[1], results[0], **TOL[torch.float32])
+
+
+def test_a_row_does_not_depend_on_its_batch():
+    prm = _prm(BACKBONES["qwen2"])
+    with torch.inference_mode():
+        b = pack_rows(ROWS, ENDS)
+        together = prm.step_hidden_states(b.input_ids, b.step_index, position_ids=b.position_ids, fused=True)
+        alone = []
+        for r, e in zip(ROWS, ENDS):
+            one = pack_rows([r], [e])
+            alone.append(
+                prm.step_hidden_states(
+                    one.input_ids, one.step_index, position_ids=one.position_ids, fused=True
+                )
+            )
+    torch.testing.assert_close(together, torch.cat(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_off_under_autograd_and_restored():
+    prm = _prm(BACKBONES["qwen2"])
+    b = pack_rows(ROWS, ENDS)
+    with _count_fused_calls() as calls:
+        hidden = prm.step_hidden_states(b.input_ids, b.step_index, position_ids=b.position_ids, fused=True)
+    assert calls.call_count == 0 and hidden.requires_grad
+    hidden.sum().backward()
+    assert prm.backbone.layers[0].self_attn.q_proj.weight.grad is not None
+    assert all("forward" not in layer.__dict__ for layer in prm.backbone.layers)
+
+
+def test_merged_weights_follow_weight_changes():
+    prm = _prm(BACKBONES["llama"])
+    b = pack_rows(ROWS, ENDS)
+    kw = dict(position_ids=b.position_ids)
+    with torch.inference_mode():
+        prm.hidden_states(b.input_ids, fused=True, **kw)
+    with torch.no_grad():
+        prm.backbone.layers[1].self_attn.k_proj.bias.add_(1.0)
+        prm.backbone.layers[1].mlp.up_proj.weight.mul_(2.0)
+    with torch.inference_mode():
+        got = prm.hidden_states(b.input_ids, fused=True, **kw)
+        want = prm.hidden_states(b.input_ids, **kw)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+
+
+def test_qwen3_runs_unfused():
+    """Qwen3's per-head q / k norms are not fused: its layers run transformers' forward."""
+    config = dict(model_type="qwen3", head_dim=16, **SMALL)
+    prm = _prm(config)
+    assert not fl.fusable(prm.backbone)
+    with fl.fused_layers(prm.backbone, "torch") as count:
+        assert count == 0
+
+
+def test_scorer_and_sessions_with_fused_layers(qwen_prm_dir):
+    prm = PRM.from_pretrained(qwen_prm_dir, dtype=torch.float32)
+    problems = ["Add 2 and 3. <|im_end|>", "Add 2 and 3. <|im_end|>", "What is 4 * 5?"]
+    solutions = [["2 + 3 = 5", "So 5."], ["2 + 3 = 6"], ["4 * 5 = 20", "20"]]
+    for layout in ("rows", "packed"):
+        want = prm.score(problems, solutions, layout=layout, fused=False, gemm_route="torch")
+        got = prm.score(problems, solutions, layout=layout, fused=True, gemm_route="torch")
+        for w, g in zip(want, got):
+            torch.testing.assert_close(
+                torch.tensor(g.step_scores), torch.tensor(w.step_scores), atol=1e-5, rtol=0
+            )
+    session = prm.session(problems[0], fused=True)
+    assert session.fused and session.fork().fused
+    scores = [session.add_step(step) for step in solutions[0]]
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(want[0].step_scores), atol=1e-5, rtol=0)
+
+
+def test_plan_field_pin_and_exclusions(monkeypatch, qwen_prm_dir):
+    monkeypatch.setenv("FASTPRM_TUNE_PIN", "fused=1,layout=packed")
+    assert pinned_choices() == {"fused": True, "layout": "packed"}
+    monkeypatch.setenv("FASTPRM_TUNE_PIN", "fused=maybe")
+    with pytest.raises(ValueError, match="fused must be 0 or 1"):
+        pinned_choices()
+    with pytest.raises(ValueError, match="compile and fused"):
+        ScoringPlan("packed", 1024, "torch", compile=True, fused=True).check()
+    assert "fused layers" in ScoringPlan("packed", 1024, "torch", fused=True).describe()
+    monkeypatch.delenv("FASTPRM_TUNE_PIN")
+    prm = PRM.from_pretrained(qwen_prm_dir, dtype=torch.float32)
+    assert Scorer(prm, compile=True, layout="rows", batch_tokens=64, gemm_route="torch").plan.fused is False
+
+
+def test_calibration_measures_fused_layers(qwen_prm_dir):
+    prm = PRM.from_pretrained(qwen_prm_dir, dtype=torch.float32)
+    record = calibrate(prm, progress=False, save=False)
+    (entry,) = [e for e in record["table"] if e["phase"] == "fused"]
+    assert entry["seconds"] > 0 and entry["unfused_seconds"] > 0
+    assert record["plan"]["fused"] == (entry["seconds"] * 1.02 < entry["unfused_seconds"])
+    assert record["key"]["plan_format"] == 2
+    assert all("forward" not in layer.__dict__ for layer in prm.backbone.layers)
