@@ -64,6 +64,8 @@ FASTPRM_VARIANTS = {
     "fastprm_onednn_gemms": "gemm_route=onednn",
     "fastprm_fp32_gemms": "gemm_route=fp32",  # bf16 only
     "fastprm_compiled": "compile=1",
+    "fastprm_fused": "fused=1",  # the hand-fused decoder layers (models/fused_layers.py)
+    "fastprm_unfused": "fused=0",
     "fastprm_previous": "",  # the defaults of the python given by --previous-python (older code)
 }
 METHODS = (
