@@ -242,9 +242,11 @@ async def run_load(
             stats["rows"] += len(got)
             stats["tokens"] += sum(len(ids[(g, k)]) for k, _ in got)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
-        await asyncio.gather(*[client(i, http) for i in range(clients)])
+    async def connection(i: int) -> None:  # one connection per client: httpx's shared pool is slow under 64
+        async with httpx.AsyncClient(timeout=600) as http:
+            await client(i, http)
+
+    await asyncio.gather(*[connection(i) for i in range(clients)])
     return stats
 
 
