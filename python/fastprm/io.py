@@ -73,7 +73,22 @@ def row_problem_and_steps(record: dict, split_steps: str | None = None) -> tuple
 
 def split_solution(text: str, regex: str) -> list[str]:
     """A solution's text as steps: split where ``regex`` matches, each piece stripped, blank ones dropped."""
-    return [s.strip() for s in re.split(regex, text) if s.strip()]
+    return [text[start:end] for start, end in step_spans(text, regex)]
+
+
+def step_spans(text: str, regex: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the steps of ``text``: the pieces between matches of ``regex``
+    without their outer whitespace; blank pieces dropped."""
+    spans, start = [], 0
+    for match in [*re.finditer(regex, text), None]:
+        end = len(text) if match is None else match.start()
+        piece = text[start:end]
+        if stripped := piece.strip():
+            lead = len(piece) - len(piece.lstrip())
+            spans.append((start + lead, start + lead + len(stripped)))
+        if match is not None:
+            start = match.end()
+    return spans
 
 
 def not_utf8(value: object, where: str = "") -> str | None:

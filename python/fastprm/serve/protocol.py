@@ -16,14 +16,14 @@ refused by the JSON parser itself: 400.
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..io import json_safe, split_solution
+from ..io import json_safe
+from ..rl.text import QueryMismatch, query_rows
 
 ERROR_TYPES = {
     400: "BadRequestError",
@@ -34,15 +34,6 @@ ERROR_TYPES = {
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
-
-# The user turn of the chat templates RL prompts usually carry (ChatML, as Qwen's; Llama 3's): its last match
-# in a /get_reward prompt is the problem the PRM reads. A prompt with neither is the problem as it stands.
-CHAT_USER_TURN = (
-    r"<\|im_start\|>user\n(.*?)<\|im_end\|>"
-    r"|<\|start_header_id\|>user<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>"
-)
-# End-of-turn markers a decoded response may end with (ChatML, GPT-style, Llama 3, SentencePiece EOS).
-END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>")
 
 
 class RequestError(Exception):
@@ -144,10 +135,9 @@ def check_rows(count: int, limit: int, field: str) -> None:
 def reward_rows(
     request: RewardRequest, split_steps: str, problem_regex: str | None = None
 ) -> tuple[list[str], list[list[str]]]:
-    """(problem, steps) of each query: the response is the query after its prompt, split at ``split_steps``
-    after end-of-turn markers are cut off; the problem is the prompt's last user turn (``problem_regex``'s
-    first non-empty group when given; else a ChatML or Llama 3 user turn; else the whole prompt). A
-    response with no step gives an empty list (the caller scores nothing for it)."""
+    """(problem, steps) of each query (:func:`fastprm.rl.text.query_rows`: the response is the query after
+    its prompt; the problem the prompt's last chat user turn, or ``problem_regex``'s group). A response with
+    no step gives an empty list (the caller scores nothing for it)."""
     if request.prompts is None:
         raise RequestError(
             422, "prompts: required, to split each query into its prompt and response", "prompts"
@@ -160,31 +150,12 @@ def reward_rows(
         raise RequestError(
             422, f"labels: {len(request.labels)} labels for {len(request.query)} queries", "labels"
         )
-    pattern = re.compile(problem_regex or CHAT_USER_TURN, re.S)
-    problems, solutions = [], []
-    for i, (query, prompt) in enumerate(zip(request.query, request.prompts)):
-        if not query.startswith(prompt):
-            raise RequestError(422, f"query[{i}]: does not start with prompts[{i}]", f"query[{i}]")
-        problems.append(problem_of(prompt, pattern))
-        solutions.append(split_solution(strip_end_of_turn(query[len(prompt) :]), split_steps))
-    return problems, solutions
-
-
-def problem_of(prompt: str, pattern: re.Pattern) -> str:
-    """The last match of ``pattern`` in ``prompt`` (its first non-empty group), else the prompt stripped."""
-    matches = list(pattern.finditer(prompt))
-    if not matches:
-        return prompt.strip()
-    groups = [g for g in matches[-1].groups() if g] or [matches[-1].group(0)]
-    return groups[0].strip()
-
-
-def strip_end_of_turn(response: str) -> str:
-    """``response`` without the end-of-turn markers (and spaces) it ends with."""
-    text = response.rstrip()
-    while marker := next((m for m in END_OF_TURN if text.endswith(m)), None):
-        text = text[: -len(marker)].rstrip()
-    return text
+    try:
+        return query_rows(request.query, request.prompts, split_steps, problem_regex)
+    except QueryMismatch as err:
+        raise RequestError(
+            422, f"query[{err.index}]: does not start with prompts[{err.index}]", f"query[{err.index}]"
+        ) from None
 
 
 def reward_response(
