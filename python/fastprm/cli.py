@@ -693,6 +693,57 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=_lazy(".serve_cli", "serve"))
 
 
+def hard_label_rule(text: str) -> str:
+    """``any``, ``majority`` or a number in (0, 1]."""
+    if text in ("any", "majority"):
+        return text
+    probability(text)
+    if float(text) == 0:
+        raise argparse.ArgumentTypeError("a threshold must be above 0")
+    return text
+
+
+def _add_label(sub) -> None:
+    p = sub.add_parser("label", help="Monte Carlo step labels (Math-Shepherd / OmegaPRM) for training data")
+    p.add_argument(
+        "--generator",
+        required=True,
+        help="a causal LM directory, or 'synthetic' (the demo task's scripted solver)",
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        help="JSONL rows: {problem, steps, answer} (or 'solution' with --split-steps)",
+    )
+    p.add_argument("--output", required=True, help="JSONL: TRL stepwise rows with soft and hard labels")
+    p.add_argument("--rollouts", type=positive_int, default=8, help="completions per step prefix")
+    p.add_argument("--method", choices=("linear", "binary"), default="linear")
+    p.add_argument(
+        "--hard",
+        type=hard_label_rule,
+        default="any",
+        help="hard label: any, majority, or a threshold in (0, 1]",
+    )
+    p.add_argument("--labels", choices=("soft", "hard"), default="soft", help="what the 'labels' field holds")
+    p.add_argument(
+        "--split-steps", nargs="?", type=split_regex, const=DEFAULT_SPLIT, default=None, metavar="REGEX",
+        help="split 'solution' into steps (default regex: a blank line)",
+    )  # fmt: skip
+    p.add_argument("--chunk-rows", type=positive_int, default=64, help="rows labelled and written at a time")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --output")
+    p.add_argument("--skip-bad-rows", action="store_true", help="record bad rows instead of stopping")
+    p.add_argument("--max-new-tokens", type=positive_int, default=512)
+    p.add_argument("--temperature", type=positive_float, default=0.7)
+    p.add_argument("--error-rate", type=probability, default=0.3, help="synthetic generator: error rate")
+    p.add_argument(
+        "--stop", type=escaped_text, default=None, help="text between steps (default: the generator's)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_lazy(".label_cli", "label"))
+
+
 # -- the parser -------------------------------------------------------------------------------------------
 
 
@@ -708,7 +759,7 @@ def _lazy(module: str, name: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fastprm", description="Fast process reward models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_score, _add_train, _add_eval, _add_tune, _add_search, _add_serve, _add_demo):
+    for add in (_add_score, _add_train, _add_eval, _add_tune, _add_search, _add_serve, _add_label, _add_demo):
         add(sub)
     return parser
 

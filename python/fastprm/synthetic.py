@@ -180,14 +180,24 @@ class ScriptedStepGenerator:
         return out
 
     def generate_solutions(self, problems: Sequence[str], n: int) -> list[list[list[str]]]:
+        return [[self._finish(self.prompt(problem), j) for j in range(n)] for problem in problems]
+
+    def generate_completions(
+        self, prefixes: Sequence[str], n: int, *, max_new_tokens: int = 512
+    ) -> list[list[str]]:
+        """Rollouts: each prefix's solution written on to its final answer, ``n`` times (steps joined by the
+        stop string, as a language model writes them)."""
         out = []
-        for problem in problems:
-            solutions = []
-            for j in range(n):
-                rng, steps = self._rng(self.prompt(problem), j), []
-                while not steps or not steps[-1].startswith("the answer"):
-                    steps.append(self._next_step(problem, steps, rng))
-                solutions.append(steps)
-            self.generated_steps += sum(len(s) for s in solutions)
-            out.append(solutions)
+        for prefix in prefixes:
+            _, given = self._split(prefix)
+            out.append([STOP.join(self._finish(prefix, j)[len(given) :]) for j in range(n)])
         return out
+
+    def _finish(self, prefix: str, j: int) -> list[str]:
+        """The steps of ``prefix`` and the ones sample ``j`` adds until it states an answer."""
+        problem, steps = self._split(prefix)
+        rng, steps, given = self._rng(prefix, j), list(steps), len(steps)
+        while not steps or not steps[-1].startswith("the answer"):
+            steps.append(self._next_step(problem, steps, rng))
+        self.generated_steps += len(steps) - given
+        return steps

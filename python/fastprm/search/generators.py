@@ -35,6 +35,13 @@ class Generator(Protocol):
         [len(problems)][n][steps]."""
         ...
 
+    def generate_completions(
+        self, prefixes: Sequence[str], n: int, *, max_new_tokens: int = 512
+    ) -> list[list[str]]:
+        """``n`` sampled continuations of each prefix to the end of the solution (Monte Carlo rollouts):
+        [len(prefixes)][n] texts, steps and stop strings as generated."""
+        ...
+
 
 def split_steps(text: str, stop: str = DEFAULT_STOP) -> list[str]:
     """A solution's text as steps: split at ``stop``, blank pieces dropped, each stripped of outer spaces."""
@@ -74,6 +81,13 @@ class SamplingGenerator(abc.ABC):
     def generate_solutions(self, problems: Sequence[str], n: int) -> list[list[list[str]]]:
         texts = self._sample([self.prompt(p) for p in problems], n, self.max_new_tokens, None)
         return [[split_steps(t, self.stop) for t in samples] for samples in texts]
+
+    def generate_completions(
+        self, prefixes: Sequence[str], n: int, *, max_new_tokens: int = 512
+    ) -> list[list[str]]:
+        # n copies of a prefix go through one generate call, but transformers' generate computes each copy's
+        # prefix again (no KV sharing between the sequences of a batch); vLLM's prefix caching shares them.
+        return self._sample(list(prefixes), n, max_new_tokens, None)
 
 
 class TransformersGenerator(SamplingGenerator):
