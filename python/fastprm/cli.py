@@ -545,8 +545,8 @@ def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
     workdir = Path(args.workdir)
-    demo.prepare(workdir, args.train_problems, args.test_problems, seed=args.seed)
-    for title, argv in demo.pipeline(workdir, max_steps=args.max_steps, seed=args.seed):
+    demo.prepare(workdir, args.train_problems, args.test_problems, seed=args.seed, labels=args.labels)
+    for title, argv in demo.pipeline(workdir, max_steps=args.max_steps, seed=args.seed, labels=args.labels):
         if title:
             print(title, flush=True)
         code = main(argv)
@@ -567,6 +567,12 @@ def _add_demo(sub) -> None:
         "--test-problems", type=positive_int, default=150, help="held-out problems (8 solutions each)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--labels",
+        choices=("true", "mc"),
+        default="true",
+        help="train on the task's true step labels, or on Monte Carlo labels (fastprm label) of the same rows",
+    )
     p.set_defaults(func=_demo)
 
 

@@ -27,6 +27,12 @@ SEARCH_ERROR_RATE = 0.3
 BEAM_WIDTH = 2
 
 
+# Monte Carlo labels (--labels mc): the rollout policy and budget of the labelling quality check
+# (tests/test_labeling.py: majority labels from 8 rollouts agree with the truth on >= 90% of steps).
+MC_ROLLOUTS = 8
+MC_ERROR_RATE = 0.1
+
+
 def build_tokenizer(corpus: list[str], out: Path):
     """A word-level tokenizer over the demo's vocabulary (numbers are whole tokens)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -49,16 +55,26 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def prepare(workdir: Path, train_problems: int = 12000, test_problems: int = 150, seed: int = 0) -> None:
+def prepare(
+    workdir: Path, train_problems: int = 12000, test_problems: int = 150, seed: int = 0, labels: str = "true"
+) -> None:
     """Writes the demo's inputs into ``workdir``: training rows (2 solutions per problem), held-out rows
-    (:data:`N_SOLUTIONS` per problem), a word-level tokenizer and the new model's JSON config."""
+    (:data:`N_SOLUTIONS` per problem), a word-level tokenizer and the new model's JSON config. With
+    ``labels="mc"`` the training rows carry no labels (``train_unlabeled.jsonl``): the pipeline labels them
+    by Monte Carlo rollouts first."""
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     train_rows = [r for p in range(train_problems) for r in make_problem(rng, p, 2)]
     test_rows = [r for p in range(test_problems) for r in make_problem(rng, 10_000 + p, N_SOLUTIONS)]
-    write_jsonl(
-        workdir / "train.jsonl", [{k: r[k] for k in ("id", "problem", "steps", "label")} for r in train_rows]
-    )
+    (workdir / "train.jsonl").unlink(missing_ok=True)
+    if labels == "mc":
+        keep = ("id", "problem", "steps", "answer")
+        write_jsonl(workdir / "train_unlabeled.jsonl", [{k: r[k] for k in keep} for r in train_rows])
+    else:
+        write_jsonl(
+            workdir / "train.jsonl",
+            [{k: r[k] for k in ("id", "problem", "steps", "label")} for r in train_rows],
+        )
     write_jsonl(workdir / "test.jsonl", test_rows)
     problems = {r["problem"]: r["answer"] for r in test_rows}  # the held-out problems, once each
     write_jsonl(workdir / "search.jsonl", [{"problem": p, "answer": a} for p, a in problems.items()])
@@ -82,12 +98,22 @@ def prepare(workdir: Path, train_problems: int = 12000, test_problems: int = 150
     (workdir / "model.json").write_text(json.dumps(spec, indent=1))
 
 
-def pipeline(workdir: Path, max_steps: int = 1500, seed: int = 0) -> list[tuple[str, list[str]]]:
-    """The demo's steps after :func:`prepare`, as (progress line or "", ``fastprm`` argv): train, score,
-    evaluate, report. ``fastprm demo`` runs them one after the other."""
+def pipeline(
+    workdir: Path, max_steps: int = 1500, seed: int = 0, labels: str = "true"
+) -> list[tuple[str, list[str]]]:
+    """The demo's steps after :func:`prepare`, as (progress line or "", ``fastprm`` argv): (Monte Carlo
+    labels), train, score, evaluate, report. ``fastprm demo`` runs them one after the other."""
     w = str(workdir)
     figures = f"{w}/figures"
-    return [
+    mc = [
+        (f"[1/6] Monte Carlo labels: {MC_ROLLOUTS} rollouts per step by the scripted solver "
+         f"({MC_ERROR_RATE:.0%} step errors), majority rule", [
+            "label", "--generator", "synthetic", "--error-rate", str(MC_ERROR_RATE), "--input",
+            f"{w}/train_unlabeled.jsonl", "--output", f"{w}/train.jsonl", "--rollouts", str(MC_ROLLOUTS),
+            "--hard", "majority", "--labels", "hard", "--chunk-rows", "2048", "--seed", str(seed), "--quiet",
+        ]),
+    ]  # fmt: skip
+    return (mc if labels == "mc" else []) + [
         ("[2/6] training a PRM from scratch", [
             "train", "--model", f"{w}/model.json", "--data", f"{w}/train.jsonl", "--output", f"{w}/prm",
             "--max-steps", str(max_steps), "--batch-size", "32", "--lr", "1e-3", "--warmup", "0.03",
