@@ -4,6 +4,8 @@ from .rms_norm.api import rms_norm, rms_norm_reference
 from .rotary.api import rotary_, rotary_reference_
 from .silu_mul.api import silu_mul, silu_mul_reference
 from .step_scoring.api import StepScores, find_steps, score_steps, score_steps_reference
+from .step_sums import step_sums
+from .token_logprobs.api import token_logprobs, token_logprobs_reference
 from .varlen_attention.api import varlen_attention, varlen_attention_reference
 
 __all__ = [
@@ -17,6 +19,9 @@ __all__ = [
     "score_steps_reference",
     "silu_mul",
     "silu_mul_reference",
+    "step_sums",
+    "token_logprobs",
+    "token_logprobs_reference",
     "varlen_attention",
     "varlen_attention_reference",
 ]

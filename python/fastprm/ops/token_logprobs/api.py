@@ -1,0 +1,106 @@
+"""The documented public function of the token log-probability op and its argument checks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import schema
+from .reference import token_logprobs_reference
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_ROW_CHUNK_SIZE", "token_logprobs", "token_logprobs_reference"]
+
+# A 2048 x 4096 float32 tile is 32 MiB, small next to the [N, V] logits it replaces and large enough that the
+# GEMMs dominate (bench_logprobs.py: the forward within 1% of its GEMMs alone); other sizes are not tuned yet.
+DEFAULT_CHUNK_SIZE = 4096
+DEFAULT_ROW_CHUNK_SIZE = 2048
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_tensor(t, name: str, dtypes: tuple[torch.dtype, ...], ndim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+def token_logprobs(
+    hidden: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    row_chunk_size: int = DEFAULT_ROW_CHUNK_SIZE,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log p(targets[n]) under softmax(hidden[n] @ lm_head_weight.T / temperature), without the [N, V] logits.
+
+    The vocabulary is taken ``chunk_size`` rows of the LM head at a time and the rows ``row_chunk_size`` at a
+    time: each (rows, vocabulary) chunk is one GEMM into a reused [row_chunk_size, chunk_size] float32 tile,
+    folded into a per-row online log-sum-exp, and the target's logit is read from the chunk that holds it.
+    The backward recomputes the softmax chunk by chunk from the saved per-row log-sum-exp:
+    d logprob / d logits = (onehot(target) - softmax) / temperature.
+
+    Args:
+        hidden: [N, H] float32 / bfloat16 / float16 (float64 for gradcheck) rows, e.g. a causal LM's final
+            hidden states at the positions before each target token; any strides.
+        lm_head_weight: [V, H] float LM head (any float dtype; the products are taken in float32, float64 for
+            float64 hidden).
+        targets: [N] int32 / int64 token ids in [0, V).
+        chunk_size: vocabulary rows per chunk (need not divide V).
+        row_chunk_size: hidden rows per chunk (need not divide N).
+        temperature: finite, positive divisor of the logits.
+
+    Returns:
+        [N] float32 (float64 for float64 hidden) log-probabilities; gradients flow to hidden and
+        lm_head_weight. A row with a NaN (or inf) in hidden gives NaN in that row only.
+
+    Raises:
+        TypeError / ValueError: naming the argument, for a wrong type, dtype, shape or device, a target out of
+        [0, V), a non-finite or non-positive temperature or a non-positive chunk size.
+    """
+    _check_tensor(hidden, "hidden", _FLOAT_DTYPES, 2)
+    _check_tensor(lm_head_weight, "lm_head_weight", _FLOAT_DTYPES, 2)
+    _check_tensor(targets, "targets", _INDEX_DTYPES, 1)
+    for t, name in ((lm_head_weight, "lm_head_weight"), (targets, "targets")):
+        if t.device != hidden.device:
+            raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
+    (N, H), V = hidden.shape, lm_head_weight.shape[0]
+    if lm_head_weight.shape[1] != H:
+        raise ValueError(f"lm_head_weight has H = {lm_head_weight.shape[1]} columns but hidden has {H}")
+    if V == 0:
+        raise ValueError("lm_head_weight must have at least one row (V >= 1)")
+    if targets.shape[0] != N:
+        raise ValueError(
+            f"targets must be [N] = [{N}] (one per hidden row), got shape {tuple(targets.shape)}"
+        )
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and positive, got {temperature!r}")
+    _check_positive_int(chunk_size, "chunk_size")
+    _check_positive_int(row_chunk_size, "row_chunk_size")
+    if N:
+        bad = torch.nonzero(
+            (targets < 0) | (targets >= V)
+        ).flatten()  # one host sync, as the checks of score_steps
+        if bad.numel():
+            n = int(bad[0])
+            raise ValueError(f"targets[{n}] = {int(targets[n])} is out of range [0, {V})")
+    targets = targets.to(torch.int64).contiguous()
+    logprobs, _lse = schema.token_logprobs_forward(
+        hidden, lm_head_weight, targets, float(temperature), chunk_size, row_chunk_size
+    )
+    return logprobs

@@ -1,0 +1,182 @@
+"""fastprm.ops.token_logprobs against the pure-PyTorch reference (CPU path and, under the Triton interpreter,
+the CUDA path's row kernels), its gradients, edge cases and bad inputs; and fastprm.ops.step_sums."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fastprm.ops import step_sums, token_logprobs, token_logprobs_reference
+from fastprm.ops.token_logprobs import chunked
+from fastprm.ops.token_logprobs.reference import reference_backward, reference_forward
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 1e-5}
+# Gradients come back in the inputs' dtype: 16-bit ones may round one unit in the last place apart.
+GRAD_RTOL = {**TOL, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+
+
+def make_case(N=23, H=16, V=37, dtype=torch.float32, seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(N, H, generator=gen) * scale).to(dtype)
+    weight = torch.randn(V, H, generator=gen).to(dtype)
+    targets = torch.randint(0, V, (N,), generator=gen)
+    return hidden, weight, targets
+
+
+def check(hidden, weight, targets, temperature=1.0, backward=True, **chunks):
+    """Forward and backward (a random upstream gradient) of the op vs the reference."""
+    tol = TOL[hidden.dtype]
+    h, w = hidden.clone().requires_grad_(backward), weight.clone().requires_grad_(backward)
+    out = token_logprobs(h, w, targets, temperature=temperature, **chunks)
+    ref_h, ref_w = hidden.clone().requires_grad_(backward), weight.clone().requires_grad_(backward)
+    ref = token_logprobs_reference(ref_h, ref_w, targets, temperature)
+    assert out.dtype == (torch.float64 if hidden.dtype == torch.float64 else torch.float32)
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol, equal_nan=True)
+    if backward:
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        got = torch.autograd.grad(out, (h, w), grad)
+        want = torch.autograd.grad(ref, (ref_h, ref_w), grad)
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=GRAD_RTOL[a.dtype])
+    return out
+
+
+@pytest.mark.parametrize(
+    "chunk_size,row_chunk_size",
+    [(37, 23), (10, 5), (1, 100), (64, 7)],
+    ids=["whole", "uneven", "1-col", "big-v"],
+)
+def test_matches_reference_fp64_for_every_chunking(chunk_size, row_chunk_size):
+    check(*make_case(dtype=torch.float64), chunk_size=chunk_size, row_chunk_size=row_chunk_size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_matches_reference_in_each_dtype(dtype):
+    check(*make_case(dtype=dtype), chunk_size=10, row_chunk_size=8)
+
+
+def test_gradcheck():
+    hidden, weight, targets = make_case(N=5, H=4, V=9, dtype=torch.float64)
+    fn = lambda h, w: token_logprobs(h, w, targets, chunk_size=4, row_chunk_size=2, temperature=0.7)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (hidden.requires_grad_(), weight.requires_grad_()))
+
+
+@pytest.mark.parametrize("temperature", [0.3, 2.5])
+def test_temperature(temperature):
+    check(*make_case(), temperature=temperature, chunk_size=9, row_chunk_size=6)
+
+
+@pytest.mark.parametrize("N,V", [(0, 37), (1, 37), (23, 1)], ids=["N=0", "N=1", "V=1"])
+def test_degenerate_sizes(N, V):
+    hidden, weight, targets = make_case(N=N, V=V)
+    out = check(hidden, weight, targets, chunk_size=8, row_chunk_size=4)
+    if V == 1:
+        assert torch.equal(out, torch.zeros(N))
+
+
+def test_ties_and_large_logits():
+    hidden, weight, targets = make_case(N=6, V=30)
+    weight[10:20] = weight[0]  # eleven equal logits per row
+    check(hidden * 1e3, weight, targets, chunk_size=7, row_chunk_size=4)  # logits ~1e4: exp would overflow
+    out = token_logprobs(torch.zeros(4, 16), weight, targets[:4], chunk_size=7)  # all logits tie
+    torch.testing.assert_close(out, torch.full((4,), -math.log(30)))
+
+
+@pytest.mark.parametrize("target_dtype", [torch.int32, torch.int64])
+def test_nan_rows_stay_in_their_row(target_dtype):
+    hidden, weight, targets = make_case()
+    hidden[3, 2] = float("nan")
+    hidden[17, 0] = float("inf")
+    out = token_logprobs(hidden, weight, targets.to(target_dtype), chunk_size=10, row_chunk_size=8)
+    bad = torch.zeros(out.shape[0], dtype=torch.bool)
+    bad[[3, 17]] = True
+    assert out[bad].isnan().all()
+    torch.testing.assert_close(out[~bad], token_logprobs_reference(hidden, weight, targets)[~bad])
+
+
+def test_strided_hidden_and_the_registered_op():
+    hidden, weight, targets = make_case(N=12, H=32)
+    strided = hidden[:, ::2]
+    expected = token_logprobs_reference(strided, weight[:, :16], targets)
+    torch.testing.assert_close(token_logprobs(strided, weight[:, :16], targets, chunk_size=10), expected)
+    # The registered op (what torch.compile and other devices call) gives the same.
+    logprobs, _ = torch.ops.fastprm.token_logprobs_forward(strided, weight[:, :16], targets, 1.0, 10, 5)
+    torch.testing.assert_close(logprobs, expected)
+    # Schema, fake (meta) and autograd registrations are consistent with the kernel.
+    torch.library.opcheck(
+        torch.ops.fastprm.token_logprobs_forward.default,
+        (hidden.double().requires_grad_(), weight.double().requires_grad_(), targets, 0.8, 10, 5),
+    )
+
+
+def test_triton_row_kernels_under_the_interpreter():
+    pytest.importorskip("triton")
+    from fastprm.kernels import token_logprobs as triton_kernels  # TRITON_INTERPRET=1 is set by conftest
+
+    hidden, weight, targets = make_case(N=11, V=41)
+    hidden[4] = float("nan")
+    weight[5:9] = weight[0]
+    for temperature in (1.0, 0.6):
+        logprobs, lse = chunked.forward(hidden, weight, targets, temperature, 16, 4, triton_kernels)
+        ref_logprobs, ref_lse = reference_forward(hidden, weight, targets, temperature)
+        torch.testing.assert_close(logprobs, ref_logprobs, equal_nan=True)
+        torch.testing.assert_close(lse, ref_lse, equal_nan=True)
+    hidden[4] = 0.0
+    _, lse = chunked.forward(hidden, weight, targets, 0.6, 16, 4, triton_kernels)
+    grad = torch.randn(11, generator=torch.Generator().manual_seed(2))
+    got = chunked.backward(grad, hidden, weight, targets, lse, 0.6, 16, 4, triton_kernels)
+    for a, b in zip(got, reference_backward(grad, hidden, weight, targets, lse, 0.6)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "change,error,match",
+    [
+        ({"hidden": [1.0]}, TypeError, "hidden must be a torch.Tensor"),
+        ({"hidden": torch.zeros(3, 4, dtype=torch.int64)}, TypeError, "hidden must have dtype"),
+        ({"hidden": torch.zeros(3)}, ValueError, "hidden must be 2-D"),
+        ({"lm_head_weight": torch.zeros(5, 3)}, ValueError, "lm_head_weight has H = 3"),
+        ({"lm_head_weight": torch.zeros(0, 4)}, ValueError, "at least one row"),
+        ({"targets": torch.zeros(3)}, TypeError, "targets must have dtype"),
+        ({"targets": torch.zeros(2, dtype=torch.int64)}, ValueError, r"targets must be \[N\] = \[3\]"),
+        ({"targets": torch.tensor([0, 5, 1])}, ValueError, r"targets\[1\] = 5 is out of range \[0, 5\)"),
+        ({"targets": torch.tensor([0, -1, 1])}, ValueError, r"targets\[1\] = -1"),
+        ({"temperature": float("inf")}, ValueError, "temperature must be finite"),
+        ({"temperature": 0.0}, ValueError, "temperature must be finite and positive"),
+        ({"temperature": "1"}, TypeError, "temperature must be a number"),
+        ({"chunk_size": 0}, ValueError, "chunk_size must be positive"),
+        ({"row_chunk_size": 2.0}, TypeError, "row_chunk_size must be an int"),
+        ({"lm_head_weight": torch.zeros(5, 4, device="meta")}, ValueError, "lm_head_weight is on meta"),
+    ],
+)
+def test_bad_inputs(change, error, match):
+    args = {
+        "hidden": torch.zeros(3, 4),
+        "lm_head_weight": torch.zeros(5, 4),
+        "targets": torch.tensor([0, 4, 1]),
+    }
+    args.update(change)
+    with pytest.raises(error, match=match):
+        token_logprobs(**args)
+
+
+def test_step_sums():
+    values = torch.arange(10.0, requires_grad=True)
+    cu = torch.tensor([0, 4, 4, 10], dtype=torch.int32)
+    sums = step_sums(values, cu, torch.tensor([1, 3, 6, 8]), torch.tensor([0, 2, 2, 4]))
+    assert sums.tolist() == [1.0, 5.0, 15.0, 15.0]  # row 9 is after sequence 2's last step: in no step
+    sums.sum().backward()
+    assert values.grad.tolist() == [1.0] * 9 + [0.0]
+    nan = torch.tensor([1.0, float("nan"), 2.0, 3.0])
+    assert step_sums(nan, torch.tensor([0, 4]), torch.tensor([1, 3]), torch.tensor([0, 2]))[1] == 5.0
+    empty = step_sums(
+        torch.zeros(0), torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int64), torch.tensor([0, 0])
+    )
+    assert empty.shape == (0,)
+    with pytest.raises(ValueError, match="outside its sequence"):
+        step_sums(torch.zeros(6), torch.tensor([0, 3, 6]), torch.tensor([4, 5]), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="cu_seqlens must end"):
+        step_sums(torch.zeros(6), torch.tensor([0, 5]), torch.tensor([4]), torch.tensor([0, 1]))
