@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -178,3 +179,17 @@ def test_bad_rows_stop_or_are_recorded(tmp_path):
     assert run_label(tmp_path, tmp_path / "out2.jsonl", "--skip-bad-rows") == 0
     out = [json.loads(line) for line in (tmp_path / "out2.jsonl").read_text().splitlines()]
     assert "error" in out[1] and out[1]["id"] == "x" and len(out) == len(lines)
+
+
+def test_gsm8k_rows_give_steps_and_reference():
+    """A real GSM8K test row: the worked answer's lines before '#### N' are the steps, N the reference."""
+    from fastprm.io import row_problem_and_steps
+    from fastprm.label_cli import reference_answer
+
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+    if not path.exists():
+        pytest.skip(f"shared test data not found: {path}")
+    record = json.loads(path.read_text().splitlines()[0])
+    problem, steps = row_problem_and_steps(record)
+    assert problem == record["question"] and len(steps) >= 2 and not any("####" in s for s in steps)
+    assert reference_answer(record) == record["answer"].split("####")[1].strip()

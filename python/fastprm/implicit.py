@@ -24,7 +24,7 @@ from .batching import token_budget_batches
 from .models.conventions import QWEN_CHAT, QWEN_MATH_SYSTEM_PROMPT, Convention
 from .ops import score_steps, step_sums, token_logprobs
 from .packing import cu_seqlens, pad_rows
-from .scoring import SolutionScores, _no_steps, _solution_scores
+from .scoring import SolutionScores, solution_scores, unscored
 from .tokenization import StepTokenizer, TokenizedSolution
 
 # Qwen2.5-Math's chat template with steps separated by a blank line, as EurusPRM's policy writes them.
@@ -132,7 +132,7 @@ class ImplicitPRM:
         results: list[ImplicitSolutionScores | None] = [None] * len(rows)
         scored = [i for i, r in enumerate(rows) if r.step_ends]
         for i in set(range(len(rows))) - set(scored):
-            results[i] = ImplicitSolutionScores(**asdict(_no_steps(rows[i])))
+            results[i] = ImplicitSolutionScores(**asdict(unscored(rows[i])))
         lengths = [rows[i].step_ends[-1] + 1 for i in scored]  # nothing after the last step is read
         for batch in token_budget_batches(lengths, self.batch_tokens):
             members = [rows[scored[j]] for j in batch]
@@ -177,5 +177,5 @@ class ImplicitPRM:
         per_row = torch.split(rewards, scores.num_steps.tolist())
         return [
             ImplicitSolutionScores(**asdict(s), step_rewards=r.tolist())
-            for s, r in zip(_solution_scores(scores, rows), per_row)
+            for s, r in zip(solution_scores(scores, rows), per_row)
         ]

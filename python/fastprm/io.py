@@ -49,8 +49,9 @@ class InputRow:
 def row_problem_and_steps(record: dict, split_steps: str | None = None) -> tuple[str, list[str]]:
     """(problem, steps) from one record of any supported format.
 
-    Formats: ``{problem, steps}`` (also ProcessBench rows), TRL stepwise ``{prompt, completions}``, and
-    ``{problem, solution}`` when ``split_steps`` (a regex) is given.
+    Formats: ``{problem, steps}`` (also ProcessBench rows), TRL stepwise ``{prompt, completions}``,
+    ``{problem, solution}`` when ``split_steps`` (a regex) is given, and GSM8K's ``{question, answer}``,
+    whose worked answer's lines before ``#### N`` are the steps.
     """
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
@@ -58,6 +59,9 @@ def row_problem_and_steps(record: dict, split_steps: str | None = None) -> tuple
     if not isinstance(problem, str):
         raise ValueError("no 'problem' (or 'prompt' / 'question') string")
     steps = record.get("steps", record.get("completions"))
+    answer = record.get("answer")
+    if steps is None and "solution" not in record and isinstance(answer, str) and "####" in answer:
+        steps = [line.strip() for line in answer.split("####")[0].splitlines() if line.strip()]  # GSM8K
     if steps is None and "solution" in record:
         if split_steps is None:
             raise ValueError("row has 'solution' but no steps: pass --split-steps to split it")

@@ -186,7 +186,7 @@ class Scorer:
                     fused=self.plan.fused,
                 )
             scores = self.prm.score_step_rows(hidden, cu_seqlens([len(e) for e in ends]), self.threshold)
-            for i, result in zip(batch, _solution_scores(scores, members)):
+            for i, result in zip(batch, solution_scores(scores, members)):
                 results[i] = result
         return results  # type: ignore[return-value]
 
@@ -200,7 +200,7 @@ class Scorer:
             if r.step_ends:
                 scored.append(i)
             else:
-                results[i] = _no_steps(r)
+                results[i] = unscored(r)
         prompts = [tuple(rows[i].input_ids[: rows[i].prompt_length]) for i in scored]
         route = self.plan.gemm_route
         for batch_prompts, sub_batches in prompt_group_batches(
@@ -232,7 +232,7 @@ class Scorer:
                 scores = self.prm.score_step_rows(
                     hidden, cu_seqlens([len(r.step_ends) for r in batch]), self.threshold
                 )
-                for m, result in zip(members, _solution_scores(scores, batch)):
+                for m, result in zip(members, solution_scores(scores, batch)):
                     results[scored[m]] = result
             del prefix
         return results  # type: ignore[return-value]
@@ -258,11 +258,11 @@ class Scorer:
                         ids, ends, prefix=prefix, gemm_route=self.plan.gemm_route, fused=self.plan.fused
                     )
                     cu_steps = torch.tensor([0, len(row.step_ends)], device=device)
-                    results[i] = _solution_scores(
+                    results[i] = solution_scores(
                         self.prm.score_step_rows(hidden, cu_steps, self.threshold), [row]
                     )[0]
                 else:  # every step dropped by truncation: no forward, an empty result
-                    results[i] = _no_steps(row)
+                    results[i] = unscored(row)
             del prefix
         return results  # type: ignore[return-value]
 
@@ -288,13 +288,13 @@ class Scorer:
         return cache
 
 
-def _no_steps(row: TokenizedSolution) -> SolutionScores:
+def unscored(row: TokenizedSolution) -> SolutionScores:
     """The result of a row whose every step truncation dropped: no score."""
     nan = math.nan
     return SolutionScores([], nan, nan, nan, nan, None, row.steps_dropped, row.prompt_tokens_dropped)
 
 
-def _solution_scores(scores: StepScores, rows: list[TokenizedSolution]) -> list[SolutionScores]:
+def solution_scores(scores: StepScores, rows: list[TokenizedSolution]) -> list[SolutionScores]:
     """One :class:`SolutionScores` per row from the op's per-sequence outputs."""
     per_seq = {k: getattr(scores, k).float().cpu().tolist() for k in ("min", "prod", "mean", "last")}
     first_error = scores.first_error.cpu().tolist()
