@@ -90,13 +90,17 @@ def non_negative_float(text: str) -> float:
     return _number(text, float, lambda v: v >= 0, "a finite number >= 0")
 
 
+def _compiled(text: str) -> re.Pattern:
+    try:
+        return re.compile(text)
+    except re.error as err:
+        raise argparse.ArgumentTypeError(f"invalid regex {text!r}: {err}") from None
+
+
 def split_regex(text: str) -> str:
     """A regex that splits a solution into steps: valid, and never matching the empty string (which would
     split between every character)."""
-    try:
-        pattern = re.compile(text)
-    except re.error as err:
-        raise argparse.ArgumentTypeError(f"invalid regex {text!r}: {err}") from None
+    pattern = _compiled(text)
     if pattern.fullmatch(""):
         raise argparse.ArgumentTypeError(f"{text!r} matches the empty string; give the text between steps")
     return text
@@ -104,10 +108,7 @@ def split_regex(text: str) -> str:
 
 def group_regex(text: str) -> str:
     """A valid regex with at least one group (the part it picks out)."""
-    try:
-        pattern = re.compile(text)
-    except re.error as err:
-        raise argparse.ArgumentTypeError(f"invalid regex {text!r}: {err}") from None
+    pattern = _compiled(text)
     if pattern.groups < 1:
         raise argparse.ArgumentTypeError(f"{text!r} has no group: put the part to take in ( )")
     return text

@@ -24,6 +24,7 @@ import os
 import torch
 
 from .hybrid import hybrid_rewards, outcome_rewards
+from .prm_rewards import step_scores_of
 from .text import DEFAULT_SPLIT, query_rows
 
 
@@ -50,11 +51,7 @@ def reward_func(queries: list[str], prompts: list[str], labels: list | None = No
     aggregate_by = os.environ.get("FASTPRM_REWARD_AGGREGATE", "min")
     outcome_weight = float(os.environ.get("FASTPRM_REWARD_OUTCOME_WEIGHT", "0"))
     problems, solutions = query_rows(queries, prompts, split)
-    scored = [i for i, s in enumerate(solutions) if s]
-    results = _scorer().score([problems[i] for i in scored], [solutions[i] for i in scored])
-    step_scores: list[list[float]] = [[] for _ in queries]
-    for i, result in zip(scored, results):
-        step_scores[i] = result.step_scores
+    step_scores = step_scores_of(_scorer(), problems, solutions)
     process = hybrid_rewards(step_scores, [0.0] * len(queries), outcome_weight=0.0, aggregate_by=aggregate_by)
     if outcome_weight > 0:
         if labels is None:

@@ -42,6 +42,19 @@ def scorer_of(prm: PRM | Scorer) -> Scorer:
     return prm if isinstance(prm, Scorer) else Scorer(prm)
 
 
+def step_scores_of(
+    scorer: Scorer, problems: Sequence[str], solutions: Sequence[Sequence[str]]
+) -> list[list[float]]:
+    """P(step good) of each solution's steps, in one scoring call; a solution with no step is not scored and
+    gets []."""
+    scored = [i for i, steps in enumerate(solutions) if steps]
+    results = scorer.score([problems[i] for i in scored], [solutions[i] for i in scored])
+    step_scores: list[list[float]] = [[] for _ in solutions]
+    for i, result in zip(scored, results):
+        step_scores[i] = result.step_scores
+    return step_scores
+
+
 def prm_token_rewards(
     prm: PRM | Scorer,
     prompts: Sequence[str],
@@ -81,13 +94,7 @@ def prm_token_rewards(
         for b, r in enumerate(responses)
     ]
     kept = [s.steps if reward_unfinished or not s.unfinished else s.steps[:-1] for s in steps]
-    scored = [b for b, k in enumerate(kept) if k]
-    results = scorer_of(prm).score(
-        [problem_of(prompts[b], problem_regex) for b in scored], [kept[b] for b in scored]
-    )
-    step_scores: list[list[float]] = [[] for _ in responses]
-    for b, result in zip(scored, results):
-        step_scores[b] = result.step_scores
+    step_scores = step_scores_of(scorer_of(prm), [problem_of(p, problem_regex) for p in prompts], kept)
     ends = [
         char_to_token(s.ends[: len(step_scores[b])], offsets) if step_scores[b] else []
         for b, (s, offsets) in enumerate(zip(steps, encoded["offset_mapping"]))

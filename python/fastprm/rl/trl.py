@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .hybrid import hybrid_rewards, outcome_rewards
-from .prm_rewards import scorer_of
+from .prm_rewards import scorer_of, step_scores_of
 from .text import DEFAULT_SPLIT, problem_of, response_steps
 
 if TYPE_CHECKING:
@@ -45,11 +45,7 @@ def trl_reward_function(
         problems = [_problem(p, problem_regex) for p in prompts]
         responses = [_response(c) for c in completions]
         steps = [response_steps(r, split).steps for r in responses]
-        scored = [i for i, s in enumerate(steps) if s]
-        results = scorer.score([problems[i] for i in scored], [steps[i] for i in scored])
-        step_scores: list[list[float]] = [[] for _ in responses]
-        for i, result in zip(scored, results):
-            step_scores[i] = result.step_scores
+        step_scores = step_scores_of(scorer, problems, steps)
         if answer_key is None:
             outcomes, weight = [0.0] * len(responses), 0.0
         else:

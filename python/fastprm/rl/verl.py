@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .placement import char_to_token, token_rewards
-from .prm_rewards import scorer_of
+from .prm_rewards import scorer_of, step_scores_of
 from .text import DEFAULT_SPLIT, problem_of, response_steps
 
 if TYPE_CHECKING:
@@ -66,13 +66,11 @@ def verl_dense_rewards(
         steps.append(response_steps(text, split))
         offsets.append(token_offsets)
         lengths.append(length)
-    scored = [b for b, s in enumerate(steps) if s.steps]
-    results = scorer_of(prm).score([problems[b] for b in scored], [steps[b].steps for b in scored])
-    step_scores: list[list[float]] = [[] for _ in steps]
-    ends: list[list[int]] = [[] for _ in steps]
-    for b, result in zip(scored, results):
-        step_scores[b] = result.step_scores
-        ends[b] = char_to_token(steps[b].ends[: len(result.step_scores)], offsets[b])
+    step_scores = step_scores_of(scorer_of(prm), problems, [s.steps for s in steps])
+    ends = [
+        char_to_token(s.ends[: len(scores)], token_offsets) if scores else []
+        for s, scores, token_offsets in zip(steps, step_scores, offsets)
+    ]
     rewards = token_rewards(
         step_scores, ends, lengths, transform=transform, temperature=temperature, normalize=normalize,
         group_size=group_size,
