@@ -184,7 +184,7 @@ def test_bad_rows_stop_or_are_recorded(tmp_path):
 def test_gsm8k_rows_give_steps_and_reference():
     """A real GSM8K test row: the worked answer's lines before '#### N' are the steps, N the reference."""
     from fastprm.io import row_problem_and_steps
-    from fastprm.label_cli import reference_answer
+    from fastprm.labeling.rows import reference_answer
 
     path = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
     if not path.exists():

@@ -24,7 +24,6 @@ from .data.loading import BAD_ROW_POLICIES, FORMAT_COLUMNS
 from .io import (
     AtomicOutput,
     BadRow,
-    InputRow,
     check_input_file,
     check_output_file,
     json_text,
@@ -34,7 +33,7 @@ from .io import (
 from .machine import peak_rss_mb
 from .metrics import AGGREGATES
 from .models.conventions import CONVENTION_NAMES
-from .tokenization import TRUNCATION_MODES, RowError
+from .tokenization import TRUNCATION_MODES
 from .training.label_modes import LABEL_MODES
 from .tuning.plan import GEMM_ROUTES
 
@@ -233,72 +232,25 @@ def _scorer(Scorer, prm, args: argparse.Namespace):
 
 def _score_rows(scorer, rows, out, args: argparse.Namespace) -> dict[str, int]:
     """Scores ``rows`` a chunk at a time into ``out``; raises the first :class:`BadRow` unless
-    ``--skip-bad-rows`` (then its record takes the row's place). Returns the counts of the summary."""
+    ``--skip-bad-rows`` (then its record takes the row's place). Returns the counts of the summary.
+    Each chunk is written in one call and flushed, so a partial file left by a later failure holds whole
+    chunks."""
     from tqdm import tqdm
+
+    from .row_scoring import score_chunk
 
     counts = dict.fromkeys(("rows", "tokens", "bad", "unscored"), 0)
     start = time.perf_counter()
     with tqdm(unit=" rows", disable=args.quiet) as bar:
         while chunk := list(itertools.islice(rows, args.chunk_rows)):
-            tokenized = _tokenize_chunk(scorer.tokenizer, chunk, args.input)
-            bad = [r for r in tokenized if isinstance(r, BadRow)]
-            if bad and not args.skip_bad_rows:
-                raise bad[0]
-            good = [r[1] for r in tokenized if not isinstance(r, BadRow)]
-            scores = scorer.score_tokenized(good)
-            _write_chunk(out, tokenized, scores)
-            counts["rows"] += len(good)
-            counts["tokens"] += sum(len(t.input_ids) for t in good)
-            counts["bad"] += len(bad)
-            counts["unscored"] += sum(not s.step_scores for s in scores)
+            records, chunk_counts = score_chunk(scorer, chunk, skip_bad_rows=args.skip_bad_rows)
+            out.write("".join(json_text(record) + "\n" for record in records))
+            out.flush()
+            for key, n in chunk_counts.items():
+                counts[key] += n
             bar.update(len(chunk))
             bar.set_postfix(tokens_per_s=f"{counts['tokens'] / (time.perf_counter() - start):.0f}")
     return counts
-
-
-def _tokenize_chunk(tokenizer, chunk: list[InputRow | BadRow], path: str) -> list[tuple | BadRow]:
-    """Each row as (row, tokenized), or a BadRow naming its line (e.g. too long for max_length).
-
-    Text rows are tokenized in one batch; only when that fails are they retried one by one to find the bad
-    ones. Pre-tokenized rows go through find mode (:meth:`~fastprm.tokenization.StepTokenizer.from_ids`).
-    """
-    text = [r for r in chunk if isinstance(r, InputRow) and r.input_ids is None]
-    try:
-        batched = iter(tokenizer([r.problem for r in text], [r.steps for r in text]))
-    except ValueError:
-        batched = None
-    out = []
-    for r in chunk:
-        if isinstance(r, BadRow):
-            out.append(r)
-        elif r.input_ids is None and batched is not None:
-            out.append((r, next(batched)))
-        else:
-            out.append(_tokenize_row(tokenizer, r, path))
-    return out
-
-
-def _tokenize_row(tokenizer, row: InputRow, path: str) -> tuple | BadRow:
-    try:
-        if row.input_ids is not None:
-            return row, tokenizer.from_ids(row.input_ids, row.line)
-        return row, tokenizer([row.problem], [row.steps], first_row=row.line)[0]
-    except ValueError as err:  # a RowError's reason leaves out the row number, which the BadRow gives
-        return BadRow(
-            path, row.line, err.reason if isinstance(err, RowError) else str(err), row.record.get("id")
-        )
-
-
-def _write_chunk(out, tokenized: list[tuple | BadRow], scores: list) -> None:
-    """One line per row, in input order: the input row plus its scores, or the bad row's record. The chunk
-    is written in one call and flushed, so a partial file left by a later failure holds whole chunks."""
-    scores_of_good = iter(scores)
-    records = [
-        r.record() if isinstance(r, BadRow) else {**r[0].record, "scores": next(scores_of_good).to_dict()}
-        for r in tokenized
-    ]
-    out.write("".join(json_text(record) + "\n" for record in records))
-    out.flush()
 
 
 def _score_summary(counts: dict[str, int], output: str, plan: str) -> str:

@@ -35,15 +35,21 @@ class BadRow(ValueError):
 class InputRow:
     """One row to score: text (problem + steps), or pre-tokenized ``input_ids`` whose separators mark steps.
 
-    ``record`` is what the output row repeats: the input row, plus the ``steps`` it was split into when it
-    had a ``solution`` and ``--split-steps`` was given.
+    ``path`` and ``line`` say where it was read (a file and its 1-based line, or row for Parquet); ``record``
+    is what the output row repeats: the input row, plus the ``steps`` it was split into when it had a
+    ``solution`` and ``--split-steps`` was given.
     """
 
+    path: str | Path
     line: int
     record: dict
     problem: str = ""
     steps: list[str] | None = None
     input_ids: list[int] | None = None
+
+    def bad(self, reason: str) -> BadRow:
+        """This row as a :class:`BadRow` for ``reason``."""
+        return BadRow(self.path, self.line, reason, self.record.get("id"))
 
 
 def row_problem_and_steps(record: dict, split_steps: str | None = None) -> tuple[str, list[str]]:
@@ -125,10 +131,12 @@ def read_rows(path: str | Path, split_steps: str | None = None) -> Iterator[Inpu
     with open(path, "rb") as f:  # decoded per line, so one bad byte names its line instead of ending the file
         for line_no, raw in enumerate(f, start=1):
             if raw.strip():
-                yield _read_row(path, line_no, raw, split_steps)
+                yield read_row(path, line_no, raw, split_steps)
 
 
-def _read_row(path: str | Path, line_no: int, raw: bytes, split_steps: str | None) -> InputRow | BadRow:
+def read_row(path: str | Path, line_no: int, raw: bytes, split_steps: str | None) -> InputRow | BadRow:
+    """One JSON row (``raw``, UTF-8) read at ``path``:``line_no`` as an :class:`InputRow`, or a
+    :class:`BadRow` saying why it cannot be scored."""
     try:
         record = json.loads(raw.decode("utf-8"))
     except ValueError as err:  # UnicodeDecodeError is a ValueError too
@@ -140,13 +148,13 @@ def _read_row(path: str | Path, line_no: int, raw: bytes, split_steps: str | Non
         return BadRow(path, line_no, f"{bad_text} is not valid Unicode text (a lone surrogate)", clean_id)
     try:
         if isinstance(record, dict) and "input_ids" in record:
-            return InputRow(line_no, record, input_ids=record["input_ids"])
+            return InputRow(path, line_no, record, input_ids=record["input_ids"])
         problem, steps = row_problem_and_steps(record, split_steps)
     except ValueError as err:
         return BadRow(path, line_no, str(err), row_id)
     if "steps" not in record and "completions" not in record:  # split from 'solution': say what was scored
         record = {**record, "steps": steps}
-    return InputRow(line_no, record, problem, steps)
+    return InputRow(path, line_no, record, problem, steps)
 
 
 # -- paths and outputs ------------------------------------------------------------------------------------
