@@ -24,6 +24,7 @@ from .data.loading import BAD_ROW_POLICIES, FORMAT_COLUMNS
 from .io import (
     AtomicOutput,
     BadRow,
+    check_folder,
     check_input_file,
     check_output_file,
     json_text,
@@ -156,11 +157,13 @@ class _Parser(argparse.ArgumentParser):
 
 def _score(args: argparse.Namespace) -> int:
     """Reads the rows, tokenizes and scores them a chunk at a time, writes them to a temporary file that
-    becomes --output only when every row is done."""
+    becomes --output only when every row is done. With ``--ray``: :mod:`fastprm.distributed.cli`."""
+    if args.ray:
+        return on_ray("score", args)
     try:
         check_input_file(args.input, "--input")
         check_output_file(args.output, "--output", [("--input", args.input)])
-        _check_folder(args.model, "--model")
+        check_folder(args.model, "--model")
     except ValueError as err:
         raise SystemExit(f"fastprm score: {err}") from None
     scorer = load_scorer(args)
@@ -186,9 +189,18 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_folder(path: str, option: str) -> None:
-    if not Path(path).is_dir():
-        raise ValueError(f"{option} {path}: no such folder")
+def on_ray(command: str, args: argparse.Namespace) -> int:
+    """Runs ``fastprm <command> --ray`` (:mod:`fastprm.distributed.cli`); without Ray installed, says how
+    to get it."""
+    try:
+        from .distributed import cli as ray_cli
+    except ModuleNotFoundError as err:
+        if err.name != "ray":
+            raise
+        raise SystemExit(
+            f"fastprm {command} --ray: Ray is not installed: pip install 'fastprm[ray]'"
+        ) from None
+    return getattr(ray_cli, command)(args)
 
 
 def load_prm(args: argparse.Namespace, command: str):
@@ -295,8 +307,41 @@ def _add_score(sub) -> None:
         "--chunk-rows", type=positive_int, default=1024, help="rows read, scored and written at a time"
     )
     add_scorer_options(p)
+    add_ray_options(p, rows_per_batch=256)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_score)
+
+
+def add_ray_options(p: argparse.ArgumentParser, rows_per_batch: int) -> None:
+    """``--ray`` and its pool options (``score`` and ``label``): see :mod:`fastprm.distributed`."""
+    g = p.add_argument_group("on a Ray cluster (pip install 'fastprm[ray]')")
+    g.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray Data: --input a JSONL or Parquet file or a folder of shards, --output a new folder of "
+        "shards in input order",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="auto|ray://HOST:PORT",
+        help="the cluster to join (default: start a local one on this machine's cores)",
+    )
+    g.add_argument("--num-workers", type=positive_int, default=1, help="actors, one model each")
+    g.add_argument("--cpus-per-worker", type=positive_int, default=1, help="CPUs (torch threads) per actor")
+    g.add_argument("--gpus-per-worker", type=non_negative_float, default=0, help="GPUs per actor")
+    g.add_argument(
+        "--batch-rows",
+        type=positive_int,
+        default=rows_per_batch,
+        help="rows per actor call (default %(default)s)",
+    )
+    g.add_argument(
+        "--output-format",
+        choices=("jsonl", "parquet"),
+        default=None,
+        help="shard format (default: the input's)",
+    )
 
 
 def add_scorer_options(p: argparse.ArgumentParser) -> None:
@@ -699,6 +744,7 @@ def _add_label(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    add_ray_options(p, rows_per_batch=16)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_lazy(".label_cli", "label"))
 

@@ -22,9 +22,13 @@ class BadRow(ValueError):
 
     def __init__(self, path: str | Path, line: int, reason: str, row_id: object = None):
         super().__init__(f"{path}:{line}: {reason}")
+        self.path = path
         self.line = line
         self.reason = reason
         self.row_id = row_id
+
+    def __reduce__(self):  # pickled with its fields (Ray sends a worker's BadRow to the driver)
+        return BadRow, (self.path, self.line, self.reason, self.row_id)
 
     def record(self) -> dict:
         """The line written in its place by ``--skip-bad-rows``: the error, its line and the row's id."""
@@ -146,6 +150,15 @@ def read_row(path: str | Path, line_no: int, raw: bytes, split_steps: str | None
     if bad_text:
         clean_id = row_id if not_utf8(row_id) is None else None
         return BadRow(path, line_no, f"{bad_text} is not valid Unicode text (a lone surrogate)", clean_id)
+    return parse_record(path, line_no, record, split_steps)
+
+
+def parse_record(
+    path: str | Path, line_no: int, record: object, split_steps: str | None
+) -> InputRow | BadRow:
+    """One decoded row (``record``, from ``path``:``line_no``) of any supported format as an
+    :class:`InputRow`, or a :class:`BadRow` saying why it cannot be scored."""
+    row_id = record.get("id") if isinstance(record, dict) else None
     try:
         if isinstance(record, dict) and "input_ids" in record:
             return InputRow(path, line_no, record, input_ids=record["input_ids"])
@@ -158,6 +171,12 @@ def read_row(path: str | Path, line_no: int, raw: bytes, split_steps: str | None
 
 
 # -- paths and outputs ------------------------------------------------------------------------------------
+
+
+def check_folder(path: str | Path, option: str) -> None:
+    """A ValueError naming ``option`` when ``path`` is not an existing folder."""
+    if not Path(path).is_dir():
+        raise ValueError(f"{option} {path}: no such folder")
 
 
 def check_input_file(path: str | Path, option: str) -> Path:

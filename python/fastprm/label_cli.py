@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import on_ray
 from .io import BadRow, check_input_file, json_text, one_line, read_rows
 from .labeling.rows import LabelOptions, label_chunk
 from .search_cli import load_generator
@@ -32,20 +33,12 @@ def _resume_point(path: Path) -> int:
     return data[:keep].count(b"\n")
 
 
-def label_options(args: argparse.Namespace) -> LabelOptions:
-    """The :class:`LabelOptions` of ``fastprm label``'s arguments."""
-    return LabelOptions(
-        rollouts=args.rollouts,
-        method=args.method,
-        hard=float(args.hard) if args.hard not in ("any", "majority") else args.hard,
-        max_new_tokens=args.max_new_tokens,
-        soft_labels=args.labels == "soft",
-        skip_bad_rows=args.skip_bad_rows,
-    )
-
-
 def label(args: argparse.Namespace) -> int:
+    """``fastprm label``; with ``--ray``: :mod:`fastprm.distributed.cli`."""
     from tqdm import tqdm
+
+    if args.ray:
+        return on_ray("label", args)
 
     try:
         check_input_file(args.input, "--input")
@@ -55,8 +48,8 @@ def label(args: argparse.Namespace) -> int:
     if output.exists() and not args.resume:
         raise SystemExit(f"fastprm label: --output {output} exists; pass --resume to continue it")
     done = _resume_point(output) if args.resume else 0
-    generator = load_generator(args)
-    options = label_options(args)
+    generator = load_generator(args, "label")
+    options = LabelOptions.from_args(args)
     rows = itertools.islice(read_rows(args.input, args.split_steps), done, None)
     counts = {"rows": done, "rollouts": 0, "bad": 0}
     start = time.perf_counter()

@@ -10,7 +10,6 @@ from dataclasses import asdict
 from .cli import EXIT_INTERRUPTED, load_prm
 from .io import AtomicOutput, check_input_file, check_output_file, json_text, not_utf8, one_line
 
-SYNTHETIC = "synthetic"
 BEST_OF_N_CHUNK = 8  # problems per best-of-N call: their candidates are scored together
 
 
@@ -34,22 +33,17 @@ def read_problems(path: str) -> list[dict]:
     return rows
 
 
-def load_generator(args: argparse.Namespace):
-    """``--generator``: the demo task's scripted generator (``synthetic``) or a local causal LM folder."""
-    if args.generator == SYNTHETIC:
-        from .synthetic import ScriptedStepGenerator
-
-        return ScriptedStepGenerator(error_rate=args.error_rate, seed=args.seed)
-    from .search.generators import DEFAULT_STOP, TransformersGenerator
+def load_generator(args: argparse.Namespace, command: str = "search"):
+    """``--generator`` with its options (:func:`fastprm.search.load.load_generator`); one that cannot be
+    loaded ends ``fastprm <command>`` with one line."""
+    from .search.load import OPTIONS
+    from .search.load import load_generator as load
 
     try:
-        return TransformersGenerator(
-            args.generator, temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens,
-            stop=args.stop or DEFAULT_STOP, device=args.device,
-        )  # fmt: skip
+        return load(args.generator, **{name: getattr(args, name) for name in OPTIONS})
     except (ValueError, OSError) as err:
         raise SystemExit(
-            f"fastprm search: cannot load --generator {args.generator}: {one_line(err)}"
+            f"fastprm {command}: cannot load --generator {args.generator}: {one_line(err)}"
         ) from None
 
 

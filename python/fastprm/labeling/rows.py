@@ -25,6 +25,18 @@ class LabelOptions:
     soft_labels: bool = True
     skip_bad_rows: bool = False
 
+    @classmethod
+    def from_args(cls, args) -> LabelOptions:
+        """The options of ``fastprm label``'s parsed arguments (``--hard`` comes as text)."""
+        return cls(
+            rollouts=args.rollouts,
+            method=args.method,
+            hard=float(args.hard) if args.hard not in ("any", "majority") else args.hard,
+            max_new_tokens=args.max_new_tokens,
+            soft_labels=args.labels == "soft",
+            skip_bad_rows=args.skip_bad_rows,
+        )
+
 
 def reference_answer(record: dict) -> str | None:
     """A row's reference answer: ``answer`` (GSM8K's worked answer: the part after ``####``), else ``gt`` or
