@@ -38,7 +38,8 @@ def score(args: argparse.Namespace) -> int:
         c = done.counts
         print(
             f"scored {c.get('rows', 0)} rows ({c.get('tokens', 0)} tokens) on {args.num_workers} Ray workers "
-            f"in {done.seconds:.1f} s -> {done.output} ({_shards(done)})"
+            f"in {done.seconds:.1f} s (workers: {c.get('load_ms', 0) / 1000:.1f} s loading, "
+            f"{c.get('score_ms', 0) / 1000:.1f} s scoring) -> {done.output} ({_shards(done)})"
             + (f"; {c['bad']} bad rows recorded" if c.get("bad") else "")
             + (f"; {c['unscored']} rows with no step scored" if c.get("unscored") else ""),
             file=sys.stderr,

@@ -11,6 +11,7 @@ dataset rows (any columns in a supported row format) come back as the input colu
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -54,6 +55,10 @@ def file_rows(batch: pa.Table, split_steps: str | None) -> list[InputRow | BadRo
     ]
 
 
+def _ms_since(start: float) -> int:
+    return round((time.perf_counter() - start) * 1000)
+
+
 def _output_table(records: Sequence[dict], counts: dict[str, int]) -> pa.Table:
     """``output`` (one JSON line per record) and the batch's counts, carried on its first row (zeros on the
     others) so that summing a column over any set of blocks gives the run's total."""
@@ -76,19 +81,26 @@ class _ScorerActor:
         skip_bad_rows: bool,
         threads: int,
     ):
+        start = time.perf_counter()
         use_threads(threads)
         self.scorer = load_scorer(model, load_options, scorer_options)
         self.split_steps, self.skip_bad_rows = split_steps, skip_bad_rows
+        self.load_ms = _ms_since(start)  # reported with the actor's first batch (again after a restart)
 
 
 class ScoreFileRows(_ScorerActor):
-    """Scores batches of file rows; ``output`` holds ``fastprm score``'s lines."""
+    """Scores batches of file rows; ``output`` holds ``fastprm score``'s lines. Besides the rows' counts
+    each batch reports ``score_ms`` (parsing, tokenizing and scoring it) and ``load_ms`` (the actor's model
+    load, on its first batch), which tell the run's time in the workers from Ray's own."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ..row_scoring import score_chunk
 
+        start = time.perf_counter()
         chunk = file_rows(batch, self.split_steps)
         records, counts = score_chunk(self.scorer, chunk, skip_bad_rows=self.skip_bad_rows)
+        counts.update(score_ms=_ms_since(start), load_ms=self.load_ms)
+        self.load_ms = 0
         return _output_table(records, counts)
 
 
