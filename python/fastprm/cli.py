@@ -324,8 +324,8 @@ def add_ray_options(p: argparse.ArgumentParser, rows_per_batch: int) -> None:
     g.add_argument(
         "--ray-address",
         default=None,
-        metavar="auto|ray://HOST:PORT",
-        help="the cluster to join (default: start a local one on this machine's cores)",
+        metavar="auto|ADDRESS",
+        help="the cluster to join, as ray.init takes it (default: start a local one on this machine's cores)",
     )
     g.add_argument("--num-workers", type=positive_int, default=1, help="actors, one model each")
     g.add_argument("--cpus-per-worker", type=positive_int, default=1, help="CPUs (torch threads) per actor")
