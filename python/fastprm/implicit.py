@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from .ops import score_steps, step_sums, token_logprobs
 from .packing import cu_seqlens, pad_rows
 from .scoring import SolutionScores, solution_scores, unscored
 from .tokenization import StepTokenizer, TokenizedSolution
+
+if TYPE_CHECKING:
+    from .implicit_sessions import ImplicitSession
 
 # Qwen2.5-Math's chat template with steps separated by a blank line, as EurusPRM's policy writes them.
 IMPLICIT_CONVENTION = Convention(
@@ -169,13 +173,27 @@ class ImplicitPRM:
         hidden = _last_hidden(model, padded.input_ids, padded.attention_mask)
         return token_logprobs(hidden.flatten(0, 1)[rows], weight, targets, **self.chunk_kwargs)
 
+    def session(self, problem: str) -> ImplicitSession:
+        """A partial solution of ``problem`` scored step by step over both models' cached keys and values
+        (:mod:`fastprm.implicit_sessions`): ``session.add_step(text)``, ``add_implicit_steps`` for many."""
+        from .implicit_sessions import start_implicit_session
+
+        return start_implicit_session(self, problem)
+
     def _score_batch(self, rows: list[TokenizedSolution]) -> list[ImplicitSolutionScores]:
         rewards, cu_steps = self.step_rewards(rows)
+        return self.solution_scores(rewards, cu_steps, rows)
+
+    def solution_scores(
+        self, rewards: torch.Tensor, cu_steps: torch.Tensor, rows: Sequence[TokenizedSolution]
+    ) -> list[ImplicitSolutionScores]:
+        """Per-row results of step rewards [K] float32 (row b's steps at ``cu_steps[b]:cu_steps[b + 1]``):
+        scores sigmoid(reward), the aggregates and first_error, truncation marks from ``rows``."""
         # score_steps in rows mode with a 1 x 1 unit head: logit = reward, P(good) = sigmoid(reward).
         unit = torch.ones(1, 1, dtype=rewards.dtype, device=rewards.device)
         scores = score_steps(rewards[:, None], unit, cu_steps=cu_steps, threshold=self.threshold)
         per_row = torch.split(rewards, scores.num_steps.tolist())
         return [
             ImplicitSolutionScores(**asdict(s), step_rewards=r.tolist())
-            for s, r in zip(solution_scores(scores, rows), per_row)
+            for s, r in zip(solution_scores(scores, list(rows)), per_row)
         ]

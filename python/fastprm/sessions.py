@@ -150,11 +150,11 @@ def start_session(
             _, captured = prm.packed_step_hidden_states(
                 [session.prompt_ids], [[]], capture=True, gemm_route=gemm_route, fused=fused
             )
-        session.chunks.append((len(session.prompt_ids), _row_chunk(captured, 0, len(session.prompt_ids))))
+        session.chunks.append((len(session.prompt_ids), row_chunk(captured, 0, len(session.prompt_ids))))
     return session
 
 
-def _row_chunk(captured: Chunk, start: int, end: int) -> Chunk:
+def row_chunk(captured: Chunk, start: int, end: int) -> Chunk:
     """Tokens start .. end of a call's captured keys and values, copied: a session must not keep the whole
     batch's tensors alive."""
     return [(k[start:end].clone(), v[start:end].clone()) for k, v in captured]
@@ -195,7 +195,7 @@ def add_steps(sessions: Sequence[StepSession], texts: Sequence[str]) -> list[flo
             raise ValueError(f"texts[{i}]: {err.reason}") from None
         _check_length(session, len(ids), i)
         new_ids.append(ids)
-    prefix, spans = _concatenated(sessions)
+    prefix, spans = concatenate_chunks([s.chunks for s in sessions])
     hidden, captured = prm.packed_step_hidden_states(
         new_ids,
         [[len(ids) - 1] for ids in new_ids],
@@ -210,7 +210,7 @@ def add_steps(sessions: Sequence[StepSession], texts: Sequence[str]) -> list[flo
     probs = scores.step_probs.float().tolist()
     start = 0
     for session, ids, p, lp in zip(sessions, new_ids, probs, log_probs.tolist()):
-        session.chunks.append((len(ids), _row_chunk(captured, start, start + len(ids))))
+        session.chunks.append((len(ids), row_chunk(captured, start, start + len(ids))))
         session.step_ids.append(ids)
         session._probs.append(p)
         session._log_probs.append(lp)
@@ -218,16 +218,19 @@ def add_steps(sessions: Sequence[StepSession], texts: Sequence[str]) -> list[flo
     return probs
 
 
-def _concatenated(sessions: Sequence[StepSession]) -> tuple[Chunk | None, list[tuple[int, int]] | None]:
-    """Per layer, the keys and values of every session's cached tokens one after another, and each
-    session's span in them; (None, None) when no session holds any."""
-    chunks = [c for s in sessions for _, c in s.chunks]
+def concatenate_chunks(
+    per_session: Sequence[list[tuple[int, Chunk]]],
+) -> tuple[Chunk | None, list[tuple[int, int]] | None]:
+    """Per layer, the keys and values of every session's cached chunks (``(tokens, chunk)`` lists) one after
+    another, and each session's span in them; (None, None) when no session holds any."""
+    chunks = [c for session in per_session for _, c in session]
     if not chunks:
         return None, None
     spans, start = [], 0
-    for s in sessions:
-        spans.append((start, start + s.cached_tokens))
-        start += s.cached_tokens
+    for session in per_session:
+        tokens = sum(n for n, _ in session)
+        spans.append((start, start + tokens))
+        start += tokens
     layers = len(chunks[0])
     prefix = [
         (torch.cat([c[i][0] for c in chunks]), torch.cat([c[i][1] for c in chunks])) for i in range(layers)

@@ -7,7 +7,6 @@ import copy
 import functools
 import importlib.util
 import inspect
-import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -316,23 +315,15 @@ class PRM(nn.Module):
                 "per-row prefixes (problem-shared scoring, sessions) need fastprm's varlen attention: load the "
                 f"model with attn_implementation={varlen_attention.NAME!r}"
             )
-        device = self.device
-        spans = list(prefix_spans) if prefix_spans is not None else [(0, 0)] * len(rows)
-        lengths = [len(r) for r in rows]
-        offsets = [0, *itertools.accumulate(lengths)]
-        input_ids = torch.tensor([[t for r in rows for t in r]], dtype=torch.long, device=device)
-        positions = [p for (s, e), n in zip(spans, lengths) for p in range(e - s, e - s + n)]
-        step_rows = [offsets[b] + i for b, ends in enumerate(step_ends) for i in ends]
-        packed = varlen_attention.PackedRows(
-            cu_seqlens=torch.tensor(offsets),
-            prefix=prefix,
-            prefix_spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2) if prefix is not None else None,
-            captured=[] if capture else None,
+        input_ids, position_ids, packed = varlen_attention.packed_inputs(
+            [list(r) for r in rows], prefix, prefix_spans, capture, self.device
         )
+        offsets = packed.cu_seqlens.tolist()
+        step_rows = [offsets[b] + i for b, ends in enumerate(step_ends) for i in ends]
         hidden = self.step_hidden_states(
             input_ids,
-            torch.tensor(step_rows, dtype=torch.long, device=device),
-            position_ids=torch.tensor([positions], device=device),
+            torch.tensor(step_rows, dtype=torch.long, device=self.device),
+            position_ids=position_ids,
             gemm_route=gemm_route,
             fused=fused,
             **{varlen_attention.ROWS_KWARG: packed},

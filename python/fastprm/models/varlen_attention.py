@@ -15,6 +15,7 @@ different prefixes share one backbone call.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,30 @@ class PackedRows:
     prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     prefix_spans: torch.Tensor | None = None
     captured: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def packed_inputs(
+    rows: list[list[int]],
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    prefix_spans: list[tuple[int, int]] | None,
+    capture: bool,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, PackedRows]:
+    """A backbone call's inputs for rows of new token ids, each continuing its own span of cached keys and
+    values: (input_ids [1, N] int64, position_ids [1, N] int64, the :class:`PackedRows` to pass as
+    ``ROWS_KWARG``). A row's positions start at its span's length; ``prefix_spans`` None: no prefix."""
+    spans = list(prefix_spans) if prefix_spans is not None else [(0, 0)] * len(rows)
+    lengths = [len(r) for r in rows]
+    offsets = [0, *itertools.accumulate(lengths)]
+    input_ids = torch.tensor([[t for r in rows for t in r]], dtype=torch.long, device=device)
+    positions = [p for (s, e), n in zip(spans, lengths) for p in range(e - s, e - s + n)]
+    packed = PackedRows(
+        cu_seqlens=torch.tensor(offsets),
+        prefix=prefix,
+        prefix_spans=torch.tensor(spans, dtype=torch.long).reshape(-1, 2) if prefix is not None else None,
+        captured=[] if capture else None,
+    )
+    return input_ids, torch.tensor([positions], dtype=torch.long, device=device), packed
 
 
 def _row_segments(
