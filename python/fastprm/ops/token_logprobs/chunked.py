@@ -7,7 +7,8 @@ dtype (``gemm_dtype``, :func:`~fastprm.ops.token_logprobs.reference.gemm_dtype_o
 everything else (the logits tile, the log-sum-exp, the softmax, the gradients' sums over chunks) runs in the
 accumulator dtype, float32 (float64 for float64 hidden). Peak extra memory is one [row_chunk_size,
 chunk_size] accumulator tile and a GEMM-dtype copy of it, one converted weight chunk and one converted row
-chunk, plus the [N] row state (and, backward, the accumulator-dtype gradients).
+chunk, plus the [N] row state (and, backward, grad_hidden in the accumulator dtype, one weight chunk's
+gradient in it and grad_weight in weight's dtype).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Protocol
 
 import torch
 
-from ...kernels.contract import accumulator_dtype
+from ...kernels.contract import accumulator_dtype, empty
 
 
 class TileKernels(Protocol):
@@ -119,8 +120,9 @@ def forward(
     N, V = hidden.shape[0], weight.shape[0]
     acc = accumulator_dtype(hidden.dtype)
     gemm = Gemm(gemm_dtype, acc, hidden.device)
-    row_max, sum_exp, target_logit = (hidden.new_empty(N, dtype=acc) for _ in range(3))
-    buffer = hidden.new_empty(min(N, row_chunk_size) * min(V, chunk_size), dtype=acc)
+    # contract.empty: NaN-filled under the tests, so a value the loop fails to write (a target's logit) shows.
+    row_max, sum_exp, target_logit = (empty(N, dtype=acc, device=hidden.device) for _ in range(3))
+    buffer = empty(min(N, row_chunk_size) * min(V, chunk_size), dtype=acc, device=hidden.device)
     for v0 in range(0, V, chunk_size):
         w = gemm.operand(weight[v0 : v0 + chunk_size])
         for r0 in range(0, N, row_chunk_size):
@@ -146,18 +148,24 @@ def backward(
     gemm_dtype: torch.dtype,
     kernels: TileKernels,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """grad_hidden [N, H] and grad_weight [V, H] (accumulator dtype) of ``fastprm::token_logprobs_backward``,
-    the softmax recomputed tile by tile from the saved lse."""
+    """grad_hidden [N, H] (hidden's dtype) and grad_weight [V, H] (weight's dtype) of
+    ``fastprm::token_logprobs_backward``, the softmax recomputed tile by tile from the saved lse; both are
+    summed in the accumulator dtype."""
     (N, H), V = hidden.shape, weight.shape[0]
     acc = accumulator_dtype(hidden.dtype)
+    if N == 0:
+        return hidden.new_zeros(0, H), weight.new_zeros(V, H)
     gemm = Gemm(gemm_dtype, acc, hidden.device)
     grad_hidden = hidden.new_zeros(N, H, dtype=acc)
-    grad_weight = hidden.new_zeros(V, H, dtype=acc) if N == 0 else hidden.new_empty(V, H, dtype=acc)
+    # A vocabulary chunk's weight gradient is final after its row loop, so it is summed in an accumulator-dtype
+    # chunk and only then stored in weight's dtype: no [V, H] float32 copy of a 16-bit LM head.
+    grad_weight = empty(V, H, dtype=weight.dtype, device=weight.device)
+    grad_w_chunk = empty(min(V, chunk_size), H, dtype=acc, device=hidden.device)
     scale = grad_logprobs.to(acc) / temperature
-    buffer = hidden.new_empty(min(N, row_chunk_size) * min(V, chunk_size), dtype=acc)
+    buffer = empty(min(N, row_chunk_size) * min(V, chunk_size), dtype=acc, device=hidden.device)
     for v0 in range(0, V, chunk_size):
         w = gemm.operand(weight[v0 : v0 + chunk_size])
-        grad_w = grad_weight[v0 : v0 + chunk_size]
+        grad_w = grad_w_chunk[: w.shape[0]]
         for r0 in range(0, N, row_chunk_size):
             rows = slice(r0, r0 + row_chunk_size)
             h = gemm.operand(hidden[rows])
@@ -166,6 +174,7 @@ def backward(
             # d loss / d logits enters the GEMMs rounded to the GEMM dtype, as in autograd through eager's.
             g = gemm.operand(grad_logits)
             gemm.product_into(grad_hidden[rows], g, w, accumulate=True)
-            # The first row chunk writes the weight chunk's gradient (no zero-fill pass), later ones add.
+            # The first row chunk writes the chunk's gradient (no zero-fill pass), later ones add.
             gemm.product_into(grad_w, g.T, h, accumulate=r0 > 0)
-    return grad_hidden, grad_weight
+        grad_weight[v0 : v0 + chunk_size].copy_(grad_w)
+    return grad_hidden.to(hidden.dtype), grad_weight

@@ -53,7 +53,8 @@ def token_logprobs_forward(hidden, weight, targets, temperature, chunk_size, row
 def token_logprobs_backward(
     grad_logprobs, hidden, weight, targets, lse, temperature, chunk_size, row_chunk_size, gemm_dtype
 ):
-    """``fastprm::token_logprobs_backward`` -> grad_hidden [N, H], grad_weight [V, H] (accumulator dtype)."""
+    """``fastprm::token_logprobs_backward`` -> grad_hidden [N, H], grad_weight [V, H] (hidden's and weight's
+    dtypes)."""
     return chunked.backward(
         grad_logprobs,
         hidden,

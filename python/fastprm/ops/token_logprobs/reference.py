@@ -78,9 +78,9 @@ def reference_backward(
     gemm_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``fastprm::token_logprobs_backward``: with g = grad_logprobs [N], d loss / d logits = g * (onehot(targets)
-    - softmax) / temperature in the accumulator dtype, projected back to grad_hidden [N, H] and grad_weight
-    [V, H] (accumulator dtype) by products taken in ``gemm_dtype`` (d loss / d logits rounded to it first, as
-    autograd through a ``gemm_dtype`` product has it)."""
+    - softmax) / temperature in the accumulator dtype, projected back to grad_hidden [N, H] (hidden's dtype)
+    and grad_weight [V, H] (weight's dtype) by products taken in ``gemm_dtype`` (d loss / d logits rounded to
+    it first, as autograd through a ``gemm_dtype`` product has it)."""
     logits = _logits(hidden, weight, temperature, gemm_dtype)
     grad_logits = -torch.exp(logits - lse[:, None])
     grad_logits[torch.arange(targets.shape[0]), targets.long()] += 1.0
@@ -88,4 +88,4 @@ def reference_backward(
     grad_logits = grad_logits.to(gemm_dtype)
     grad_hidden = grad_logits @ weight.to(gemm_dtype)
     grad_weight = grad_logits.T @ hidden.to(gemm_dtype)
-    return grad_hidden.to(logits.dtype), grad_weight.to(logits.dtype)
+    return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype)
