@@ -71,7 +71,8 @@ def token_logprobs(
               log-softmax; backward, d loss / d logits rounded to 16 bits enters 16-bit gradient GEMMs. On a GPU
               or a CPU with AVX512-BF16 or AMX, bf16 GEMMs are several times faster than float32 ones (4.5x on
               an AMD EPYC Zen 5). Where a device has no fast 16-bit GEMM (fp16 on most CPUs), a float32 GEMM
-              over the same values runs instead, its result rounded to 16 bits: the same numbers.
+              over the same values runs instead, its result rounded to 16 bits: the same numbers. As in eager,
+              fp16 logits beyond +-65,504 overflow to +-inf (a +inf logit makes its row NaN).
             - ``"float32"``: 16-bit operands upcast, float32 GEMMs: logits never rounded to 16 bits (a bf16
               logit near 20 is off by up to 0.06), at float32 GEMM speed.
 

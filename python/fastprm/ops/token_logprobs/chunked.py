@@ -46,14 +46,14 @@ class TileKernels(Protocol):
 def _fast_gemm(dtype: torch.dtype, device: torch.device) -> bool:
     """Whether torch multiplies ``dtype`` matrices on ``device`` about as fast as float32 ones or faster.
 
-    16-bit GEMMs on a CPU are fast only where torch hands them to oneDNN, which has instructions for them
-    (``_is_mkldnn_*_supported``: AVX-512 or AMX for bf16, AVX512-FP16 or AMX-FP16 for fp16); elsewhere torch's
-    fallback GEMM is several times slower than float32. On an AMD EPYC Zen 5, 2 threads, a 2048 x 896 x 4096
-    GEMM: bf16 800 GFLOP/s, float32 180, fp16 (no AVX512-FP16) 38.
+    16-bit GEMMs on a CPU are fast only where torch hands them to oneDNN, as it does when oneDNN is enabled and
+    has kernels for the CPU (``_is_mkldnn_*_supported``: AVX-512 or AMX for bf16, AVX512-FP16 or AMX-FP16 for
+    fp16); elsewhere torch's fallback GEMM is several times slower than float32. On an AMD EPYC Zen 5, 2
+    threads, a 2048 x 896 x 4096 GEMM: bf16 800 GFLOP/s, float32 180, fp16 (no AVX512-FP16) 38.
     """
     if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
         return True
-    if not torch.backends.mkldnn.is_available():
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
         return False
     if dtype == torch.bfloat16:
         return torch.ops.mkldnn._is_mkldnn_bf16_supported()
