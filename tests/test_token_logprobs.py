@@ -94,6 +94,16 @@ def test_matches_reference_in_each_dtype(dtype, gemm_dtype):
     check(*make_case(dtype=dtype), chunk_size=10, row_chunk_size=8, gemm_dtype=gemm_dtype)
 
 
+def test_mixed_dtypes_multiply_in_the_promoted_dtype():
+    hidden, weight, targets = make_case(dtype=torch.bfloat16)
+    # gemm_dtype="input" with bf16 hidden and a float32 weight: GEMMs in the promoted dtype, float32.
+    mixed = token_logprobs(hidden, weight.float(), targets, chunk_size=10)
+    torch.testing.assert_close(
+        mixed, token_logprobs(hidden, weight, targets, chunk_size=10, gemm_dtype="float32")
+    )
+    torch.testing.assert_close(mixed, token_logprobs_reference(hidden, weight.float(), targets))
+
+
 def eager_logprobs(hidden, weight, targets, temperature=1.0):
     """What transformers-style code computes from a 16-bit model: the LM head's logits in the model's dtype,
     upcast to float32, divided by the temperature, log_softmax, gather."""
