@@ -2,7 +2,10 @@
 formula, time and peak memory, forward and forward + backward.
 
 Methods (the same hidden [N, H], LM head [V, H] and targets for each):
-- ``fused``: :func:`fastprm.ops.token_logprobs` (default chunks);
+- ``fused``: :func:`fastprm.ops.token_logprobs` (default chunks and ``gemm_dtype="input"``: bf16 GEMMs for
+  bf16 inputs, logits upcast to float32 per chunk);
+- ``fused_fp32gemm``: the same with ``gemm_dtype="float32"`` (bf16 operands upcast, float32 GEMMs; bf16 cases
+  only, for fp32 it is ``fused``);
 - ``eager``: ``log_softmax(hidden @ W.T, -1).gather(1, targets)`` in the inputs' dtype;
 - ``compiled``: the same through ``torch.compile`` (its first call, compilation included, is the warm-up);
 - ``gemm``: only the fused op's GEMMs (the same chunks into the same tile, no row work): the floor the fused
@@ -18,6 +21,7 @@ compiled (noted in the table).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -29,7 +33,7 @@ import torch
 from common import markdown_table, write_results
 
 V = 151_936
-METHODS = ("fused", "eager", "compiled", "gemm")
+METHODS = ("fused", "fused_fp32gemm", "eager", "compiled", "gemm")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # eager needs the [N, V] logits and the log_softmax output; with ~16 GiB free, skip what would not fit.
 EAGER_MEMORY_LIMIT = 12e9
@@ -56,6 +60,7 @@ def _method(name: str, backward: bool):
     from fastprm.ops import token_logprobs
     from fastprm.ops.token_logprobs import chunked
     from fastprm.ops.token_logprobs.api import DEFAULT_CHUNK_SIZE, DEFAULT_ROW_CHUNK_SIZE
+    from fastprm.ops.token_logprobs.reference import gemm_dtype_of
 
     def full(h, w, t):
         return torch.log_softmax(h @ w.T, dim=-1).gather(1, t[:, None]).squeeze(1)
@@ -67,14 +72,17 @@ def _method(name: str, backward: bool):
 
     if name == "fused":
         fn = token_logprobs
+    elif name == "fused_fp32gemm":
+        fn = functools.partial(token_logprobs, gemm_dtype="float32")
     elif name == "eager":
         fn = full
     elif name == "compiled":
         fn = torch.compile(full)
     else:
         assert not backward, "gemm is a forward floor"
+        chunks = (DEFAULT_CHUNK_SIZE, DEFAULT_ROW_CHUNK_SIZE)
         return lambda h, w, t: chunked.forward(
-            h, w, t, 1.0, DEFAULT_CHUNK_SIZE, DEFAULT_ROW_CHUNK_SIZE, NoRowWork
+            h, w, t, 1.0, *chunks, gemm_dtype_of(h.dtype, w.dtype, "input"), NoRowWork
         )
     if not backward:
         return fn
@@ -121,7 +129,7 @@ def cases(args) -> list[dict]:
         ]
     else:
         grid = [(4096, 896, d, b) for d in DTYPES for b in (False, True)] + [(16384, 896, "bf16", False)]
-    return [{"N": n, "H": h, "dtype": d, "backward": b} for n, h, d, b in grid]
+    return [{"N": args.tokens or n, "H": h, "dtype": d, "backward": b} for n, h, d, b in grid]
 
 
 def main() -> None:
@@ -135,6 +143,8 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="rounds over the methods (medians over rounds)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per subprocess after the warm-up")
+    parser.add_argument("--tokens", type=int, help="N of every case instead of the grid's (e.g. a smoke run)")
+    parser.add_argument("--name", default="bench_logprobs", help="results file name in benchmarks/results/")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # the child's JSON case
     args = parser.parse_args()
     if args.case:
@@ -144,7 +154,12 @@ def main() -> None:
     rows = []
     for case in cases(args):
         logits_bytes = case["N"] * V * torch.tensor([], dtype=DTYPES[case["dtype"]]).element_size()
-        methods = [m for m in METHODS if not (m == "gemm" and case["backward"])]
+        methods = [
+            m
+            for m in METHODS
+            if not (m == "gemm" and case["backward"])
+            and not (m == "fused_fp32gemm" and case["dtype"] == "fp32")
+        ]
         if 2 * logits_bytes > EAGER_MEMORY_LIMIT:
             methods = [m for m in methods if m not in ("eager", "compiled")]
         samples: dict[str, list[dict]] = {m: [] for m in methods}
@@ -166,18 +181,21 @@ def main() -> None:
             row["fused/eager memory"] = row["fused_peak_MiB"] / max(row["eager_peak_MiB"], 1e-9)
         if "gemm_s" in row:
             row["fused/gemm time"] = row["fused_s"] / row["gemm_s"]
+        if "fused_fp32gemm_s" in row:
+            row["fp32gemm/fused time"] = row["fused_fp32gemm_s"] / row["fused_s"]
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     columns = ["N", "H", "dtype", "pass", *(f"{m}_{k}" for m in METHODS for k in ("s", "peak_MiB"))]
-    columns += ["eager/fused time", "fused/eager memory", "fused/gemm time"]
+    columns += ["eager/fused time", "fused/eager memory", "fused/gemm time", "fp32gemm/fused time"]
     command = "python benchmarks/bench_logprobs.py " + " ".join(sys.argv[1:])
     markdown = (
         f"V = {V}. Times: median seconds per call; peak: RSS high-water delta of the call in a fresh process "
         "(beyond the inputs; compiled includes its compilation). Empty eager/compiled cells: the [N, V] logits "
-        "would not fit in memory.\n\n" + markdown_table(rows, columns)
+        "would not fit in memory; empty fused_fp32gemm cells: fp32 inputs (the same as fused).\n\n"
+        + markdown_table(rows, columns)
     )
-    print(write_results("bench_logprobs", command, rows, markdown))
+    print(write_results(args.name, command, rows, markdown))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Triton row kernels of the token log-probability op (the CUDA path) and their launchers.
 
-The GEMMs stay with cuBLAS (``fastprm/ops/token_logprobs/chunked.py`` runs them into a float32 logits tile);
-these kernels do the rest of each tile in one pass over it, one program per row: :func:`update` folds the
-tile into the row's online log-sum-exp and picks the target's logit, :func:`grad` turns the tile into
-d loss / d logits in place. They have the contract of ``chunked.TileKernels``; the reference,
-``fastprm/ops/token_logprobs/reference.py``, is the spec. Deterministic: each row's sums run in a fixed order.
-Imports nothing from fastprm.
+The GEMMs stay with cuBLAS (``fastprm/ops/token_logprobs/chunked.py`` runs them in the call's GEMM dtype and
+upcasts their logits into a float32 tile); these kernels do the rest of each tile in one pass over it, one
+program per row: :func:`update` folds the tile into the row's online log-sum-exp and picks the target's
+logit, :func:`grad` turns the tile into d loss / d logits in place. They have the contract of
+``chunked.TileKernels``; the reference, ``fastprm/ops/token_logprobs/reference.py``, is the spec.
+Deterministic: each row's sums run in a fixed order. Imports nothing from fastprm.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -61,6 +62,17 @@ def test_matches_the_direct_formula(models, batch_tokens):
         assert result.step_scores == pytest.approx(probs, abs=1e-5)
         assert result.min == pytest.approx(min(probs), abs=1e-5)
         assert result.last == pytest.approx(probs[-1], abs=1e-5)
+
+
+def test_bf16_models_use_their_bf16_logits(models):
+    """bf16 models: log-probabilities from the LM head's bf16 logits upcast to float32 (token_logprobs' default
+    16-bit GEMMs), as the direct formula on the models' own bf16 logits has them."""
+    tok, *pair = models
+    policy, reference = (copy.deepcopy(m).to(torch.bfloat16) for m in pair)
+    prm = ImplicitPRM(policy, reference, BETA, tokenizer=tok, chunk_size=1000, batch_tokens=1)
+    rows = prm.tokenizer(PROBLEMS, SOLUTIONS)
+    for row, result in zip(rows, prm.score(PROBLEMS, SOLUTIONS)):
+        assert result.step_rewards == pytest.approx(direct_step_rewards(policy, reference, row), abs=1e-5)
 
 
 def test_the_same_model_gives_zero_rewards(models):

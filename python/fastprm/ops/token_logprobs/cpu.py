@@ -42,16 +42,28 @@ class TorchTileKernels:
         logits.index_put_((rows, columns), torch.where(inside, scale, 0.0), accumulate=True)
 
 
-def token_logprobs_forward(hidden, weight, targets, temperature, chunk_size, row_chunk_size):
+def token_logprobs_forward(hidden, weight, targets, temperature, chunk_size, row_chunk_size, gemm_dtype):
     """``fastprm::token_logprobs_forward``: hidden [N, H] and weight [V, H] float (any dtype), targets [N]
-    int64 in [0, V) -> logprobs [N], lse [N] in the accumulator dtype."""
-    return chunked.forward(hidden, weight, targets, temperature, chunk_size, row_chunk_size, TorchTileKernels)
+    int64 in [0, V) -> logprobs [N], lse [N] in the accumulator dtype, the products in ``gemm_dtype``."""
+    return chunked.forward(
+        hidden, weight, targets, temperature, chunk_size, row_chunk_size, gemm_dtype, TorchTileKernels
+    )
 
 
 def token_logprobs_backward(
-    grad_logprobs, hidden, weight, targets, lse, temperature, chunk_size, row_chunk_size
+    grad_logprobs, hidden, weight, targets, lse, temperature, chunk_size, row_chunk_size, gemm_dtype
 ):
-    """``fastprm::token_logprobs_backward`` -> grad_hidden [N, H], grad_weight [V, H] (accumulator dtype)."""
+    """``fastprm::token_logprobs_backward`` -> grad_hidden [N, H], grad_weight [V, H] (hidden's and weight's
+    dtypes)."""
     return chunked.backward(
-        grad_logprobs, hidden, weight, targets, lse, temperature, chunk_size, row_chunk_size, TorchTileKernels
+        grad_logprobs,
+        hidden,
+        weight,
+        targets,
+        lse,
+        temperature,
+        chunk_size,
+        row_chunk_size,
+        gemm_dtype,
+        TorchTileKernels,
     )

@@ -12,14 +12,15 @@ import torch
 from ...kernels.contract import accumulator_dtype
 from . import cpu, cuda
 
-_CHUNKS = "float temperature, int chunk_size, int row_chunk_size"
+# gemm_dtype is the dtype the matrix products run in (api.py resolves the public "input" / "float32").
+_OPTIONS = "float temperature, int chunk_size, int row_chunk_size, ScalarType gemm_dtype"
 torch.library.define(
     "fastprm::token_logprobs_forward",
-    f"(Tensor hidden, Tensor weight, Tensor targets, {_CHUNKS}) -> (Tensor logprobs, Tensor lse)",
+    f"(Tensor hidden, Tensor weight, Tensor targets, {_OPTIONS}) -> (Tensor logprobs, Tensor lse)",
 )
 torch.library.define(
     "fastprm::token_logprobs_backward",
-    f"(Tensor grad_logprobs, Tensor hidden, Tensor weight, Tensor targets, Tensor lse, {_CHUNKS}) "
+    f"(Tensor grad_logprobs, Tensor hidden, Tensor weight, Tensor targets, Tensor lse, {_OPTIONS}) "
     "-> (Tensor grad_hidden, Tensor grad_weight)",
 )
 
@@ -31,21 +32,26 @@ for _device, _backend in (("cpu", cpu), ("cuda", cuda)):
 
 
 @torch.library.register_fake("fastprm::token_logprobs_forward")
-def _forward_fake(hidden, weight, targets, temperature, chunk_size, row_chunk_size):
+def _forward_fake(hidden, weight, targets, temperature, chunk_size, row_chunk_size, gemm_dtype):
     acc = accumulator_dtype(hidden.dtype)
     return hidden.new_empty(hidden.shape[0], dtype=acc), hidden.new_empty(hidden.shape[0], dtype=acc)
 
 
 @torch.library.register_fake("fastprm::token_logprobs_backward")
-def _backward_fake(grad_logprobs, hidden, weight, targets, lse, temperature, chunk_size, row_chunk_size):
-    acc = accumulator_dtype(hidden.dtype)
-    return hidden.new_empty(hidden.shape, dtype=acc), weight.new_empty(weight.shape, dtype=acc)
+def _backward_fake(
+    grad_logprobs, hidden, weight, targets, lse, temperature, chunk_size, row_chunk_size, gemm_dtype
+):
+    return hidden.new_empty(hidden.shape), weight.new_empty(weight.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    hidden, weight, targets, temperature, chunk_size, row_chunk_size = inputs
+    hidden, weight, targets, *options = inputs
     ctx.save_for_backward(hidden, weight, targets, output[1])
-    ctx.options = (temperature, chunk_size, row_chunk_size)
+    ctx.options = options  # temperature, chunk_size, row_chunk_size, gemm_dtype
+
+
+# The forward op's inputs after hidden and weight (targets and the options) have no gradient.
+_NO_GRADS = (None,) * 5
 
 
 def _input_grads(ctx, grad_logprobs, project_back) -> tuple:
@@ -53,11 +59,11 @@ def _input_grads(ctx, grad_logprobs, project_back) -> tuple:
     the backward op (dispatcher or backend)."""
     hidden, weight, targets, lse = ctx.saved_tensors
     if grad_logprobs is None:
-        return None, None, None, None, None, None
+        return None, None, *_NO_GRADS
     grad_hidden, grad_weight = project_back(
         grad_logprobs.contiguous(), hidden, weight, targets, lse, *ctx.options
     )
-    return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), None, None, None, None
+    return grad_hidden, grad_weight, *_NO_GRADS
 
 
 def _backward(ctx, grad_logprobs, _grad_lse):
@@ -71,8 +77,8 @@ class EagerCPUForward(torch.autograd.Function):
     """The op's forward and autograd for eager CPU calls that need a gradient, without the dispatcher."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk_size, row_chunk_size):
-        inputs = (hidden, weight, targets, temperature, chunk_size, row_chunk_size)
+    def forward(ctx, hidden, weight, targets, temperature, chunk_size, row_chunk_size, gemm_dtype):
+        inputs = (hidden, weight, targets, temperature, chunk_size, row_chunk_size, gemm_dtype)
         output = cpu.token_logprobs_forward(*inputs)
         _setup_context(ctx, inputs, output)
         ctx.mark_non_differentiable(output[1])
