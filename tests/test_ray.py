@@ -230,6 +230,10 @@ def test_score_dataset_adds_scores_to_a_ray_dataset(cluster, qwen_prm_dir):
     assert got[2]["scores"] is None and "the solution has no steps" in got[2]["error"]
     with pytest.raises(Exception, match="the solution has no steps"):
         score_dataset(ds, qwen_prm_dir, split_steps=r"\n\n", dtype="float32").take_all()
+    with pytest.raises(ValueError, match="dtype must name a torch dtype"):
+        score_dataset(ds, qwen_prm_dir, dtype="fp32")
+    with pytest.raises(ValueError, match="num_workers must be a positive integer"):
+        score_dataset(ds, qwen_prm_dir, num_workers=0)
 
 
 @pytest.mark.parametrize(

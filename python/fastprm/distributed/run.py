@@ -118,11 +118,20 @@ def score_dataset(
         ``error`` (string, null when scored) and ``steps`` when split from a ``solution``.
     """
     workers = Workers(num_workers, cpus_per_worker, gpus_per_worker, batch_rows)
+    _check_dtype(dtype)
     load_options = {"convention": convention, "dtype": dtype, "device": device}
     return workers.map_batches(
         ds, ScoreRecords, model=str(model), load_options=load_options, scorer_options=scorer_options,
         split_steps=split_steps, skip_bad_rows=skip_bad_rows,
     )  # fmt: skip
+
+
+def _check_dtype(dtype: str | None) -> None:
+    """Here, not in every worker: a bad name fails before the pool starts."""
+    import torch
+
+    if dtype is not None and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
+        raise ValueError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', got {dtype!r}")
 
 
 @dataclass
