@@ -24,8 +24,8 @@ import torch
 
 from .models import varlen_attention
 from .ops import token_logprobs
-from .sessions import Chunk, concatenate_chunks, row_chunk
-from .tokenization import RowError, TokenizedSolution
+from .sessions import Chunk, check_length, concatenate_chunks, new_step_ids, row_chunk
+from .tokenization import TokenizedSolution
 
 if TYPE_CHECKING:
     from .implicit import ImplicitPRM, ImplicitSolutionScores
@@ -48,6 +48,7 @@ class ImplicitSession:
 
     def __init__(self, prm: ImplicitPRM, prompt_ids: list[int], policy: _Track, reference: _Track):
         self.prm = prm
+        self.tokenizer = prm.tokenizer
         self.prompt_ids = prompt_ids
         self.tracks = {"policy": policy, "reference": reference}
         self.step_ids: list[list[int]] = []  # each step's tokens, separator included
@@ -134,7 +135,7 @@ def start_implicit_session(prm: ImplicitPRM, problem: str) -> ImplicitSession:
         raise ValueError(
             "an implicit PRM session needs a prompt: the first step's first token is predicted by it"
         )
-    _check_length(prm, len(prompt_ids), 0)
+    check_length(prm.tokenizer, len(prompt_ids), 0)
     tracks = []
     for model in (prm.policy, prm.reference):
         hidden, captured = _forward(model, [prompt_ids], None, None)
@@ -144,36 +145,15 @@ def start_implicit_session(prm: ImplicitPRM, problem: str) -> ImplicitSession:
     return ImplicitSession(prm, prompt_ids, *tracks)
 
 
-def _check_length(prm: ImplicitPRM, total: int, index: int) -> None:
-    limit = prm.tokenizer.max_length
-    if limit is not None and total > limit:
-        raise ValueError(f"session {index}: {total} tokens would exceed the maximum length of {limit} tokens")
-
-
 @torch.inference_mode()
 def add_implicit_steps(sessions: Sequence[ImplicitSession], texts: Sequence[str]) -> list[float]:
     """One new step for each session, all in one packed forward per model: each new step's score
     (sigmoid of its reward), in order. Every session must come from the same :class:`ImplicitPRM`, each
     at most once per call."""
-    if isinstance(texts, str):
-        raise ValueError("texts must be a list (one new step per session), not a string")
-    if len(sessions) != len(texts):
-        raise ValueError(f"got {len(sessions)} sessions but {len(texts)} texts")
+    new_ids = new_step_ids(sessions, texts)
     if not sessions:
         return []
     prm = sessions[0].prm
-    if any(s.prm is not prm for s in sessions):
-        raise ValueError("sessions of different models cannot be scored in one call")
-    if len({id(s) for s in sessions}) != len(sessions):
-        raise ValueError("a session appears twice in one call; fork it to score two continuations")
-    new_ids = []
-    for i, (session, text) in enumerate(zip(sessions, texts)):
-        try:
-            ids = prm.tokenizer.step_ids(text, first=not session.step_ids, row=i)
-        except RowError as err:
-            raise ValueError(f"texts[{i}]: {err.reason}") from None
-        _check_length(prm, session.cached_tokens + len(ids), i)
-        new_ids.append(ids)
     targets = torch.tensor([t for ids in new_ids for t in ids], device=prm.device)
     lengths = [len(ids) for ids in new_ids]
     log_probs, updates = {}, {}

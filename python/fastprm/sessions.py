@@ -144,7 +144,7 @@ def start_session(
         fused = plan.fused if fused is None else fused
     session = StepSession(prm, tokenizer, threshold, gemm_route, fused)
     session.prompt_ids = tokenizer.prompt_ids(problem)
-    _check_length(session, len(session.prompt_ids), 0)
+    check_length(tokenizer, len(session.prompt_ids), 0)
     if session.prompt_ids:
         with torch.inference_mode():
             _, captured = prm.packed_step_hidden_states(
@@ -160,30 +160,25 @@ def row_chunk(captured: Chunk, start: int, end: int) -> Chunk:
     return [(k[start:end].clone(), v[start:end].clone()) for k, v in captured]
 
 
-def _check_length(session: StepSession, new_tokens: int, index: int) -> None:
-    limit = session.tokenizer.max_length
-    total = session.cached_tokens + new_tokens
+def check_length(tokenizer: StepTokenizer, total: int, index: int) -> None:
+    """A ValueError naming session ``index`` when ``total`` tokens exceed the tokenizer's ``max_length``."""
+    limit = tokenizer.max_length
     if limit is not None and total > limit:
         raise ValueError(
             f"session {index}: {total} tokens would exceed the model's maximum length of {limit} tokens"
         )
 
 
-@torch.inference_mode()
-def add_steps(sessions: Sequence[StepSession], texts: Sequence[str]) -> list[float]:
-    """One new step for each session, all in one backbone call: P(good) of each new step, in order.
-
-    Every session must come from the same PRM; a session may appear once per call. Each step's tokens run
-    after its own session's cached keys and values only.
-    """
+def new_step_ids(sessions: Sequence, texts: Sequence[str]) -> list[list[int]]:
+    """The checks of a call adding one step to each of ``sessions`` (same model, each once, one text each)
+    and each new step's token ids (``session.tokenizer``, as batch scoring tokenizes a step), within the
+    model's maximum length. Serves PRM and implicit PRM sessions alike (``prm``, ``tokenizer``,
+    ``step_ids``, ``cached_tokens``)."""
     if isinstance(texts, str):
         raise ValueError("texts must be a list (one new step per session), not a string")
     if len(sessions) != len(texts):
         raise ValueError(f"got {len(sessions)} sessions but {len(texts)} texts")
-    if not sessions:
-        return []
-    prm = sessions[0].prm
-    if any(s.prm is not prm for s in sessions):
+    if any(s.prm is not sessions[0].prm for s in sessions):
         raise ValueError("sessions of different models cannot be scored in one call")
     if len({id(s) for s in sessions}) != len(sessions):
         raise ValueError("a session appears twice in one call; fork it to score two continuations")
@@ -193,8 +188,22 @@ def add_steps(sessions: Sequence[StepSession], texts: Sequence[str]) -> list[flo
             ids = session.tokenizer.step_ids(text, first=not session.step_ids, row=i)
         except RowError as err:
             raise ValueError(f"texts[{i}]: {err.reason}") from None
-        _check_length(session, len(ids), i)
+        check_length(session.tokenizer, session.cached_tokens + len(ids), i)
         new_ids.append(ids)
+    return new_ids
+
+
+@torch.inference_mode()
+def add_steps(sessions: Sequence[StepSession], texts: Sequence[str]) -> list[float]:
+    """One new step for each session, all in one backbone call: P(good) of each new step, in order.
+
+    Every session must come from the same PRM; a session may appear once per call. Each step's tokens run
+    after its own session's cached keys and values only.
+    """
+    new_ids = new_step_ids(sessions, texts)
+    if not sessions:
+        return []
+    prm = sessions[0].prm
     prefix, spans = concatenate_chunks([s.chunks for s in sessions])
     hidden, captured = prm.packed_step_hidden_states(
         new_ids,
