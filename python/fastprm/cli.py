@@ -192,8 +192,8 @@ def _score(args: argparse.Namespace) -> int:
 def on_ray(command: str, args: argparse.Namespace) -> int:
     """Runs ``fastprm <command> --ray`` (:mod:`fastprm.distributed.cli`); without Ray installed, says how
     to get it."""
-    try:
-        from .distributed import cli as ray_cli
+    try:  # imported when run, as every command's handler is (_lazy): the parser needs no Ray
+        ray_cli = importlib.import_module(".distributed.cli", __package__)
     except ModuleNotFoundError as err:
         if err.name != "ray":
             raise
@@ -224,22 +224,23 @@ def load_scorer(args: argparse.Namespace, command: str = "score"):
 
     prm = load_prm(args, command)
     try:
-        return _scorer(Scorer, prm, args)
+        return Scorer(prm, **scorer_options(args))
     except ValueError as err:  # an option the machine cannot run, a bad FASTPRM_TUNE / FASTPRM_TUNE_PIN
         raise SystemExit(f"fastprm {command}: {one_line(err)}") from None
 
 
-def _scorer(Scorer, prm, args: argparse.Namespace):
-    return Scorer(
-        prm,
-        batch_tokens=args.batch_tokens,
-        max_length=args.max_length,
-        truncation=args.truncation,
-        threshold=args.threshold,
-        layout=args.layout,
-        compile=args.compile,
-        gemm_route=args.gemm_route,
-    )
+def scorer_options(args: argparse.Namespace) -> dict:
+    """The :class:`~fastprm.scoring.Scorer` keyword arguments of the options :func:`add_scorer_options`
+    adds."""
+    return {
+        "batch_tokens": args.batch_tokens,
+        "max_length": args.max_length,
+        "truncation": args.truncation,
+        "threshold": args.threshold,
+        "layout": args.layout,
+        "compile": args.compile,
+        "gemm_route": args.gemm_route,
+    }
 
 
 def _score_rows(scorer, rows, out, args: argparse.Namespace) -> dict[str, int]:

@@ -36,11 +36,11 @@ def read_problems(path: str) -> list[dict]:
 def load_generator(args: argparse.Namespace, command: str = "search"):
     """``--generator`` with its options (:func:`fastprm.search.load.load_generator`); one that cannot be
     loaded ends ``fastprm <command>`` with one line."""
-    from .search.load import OPTIONS
     from .search.load import load_generator as load
+    from .search.load import options_of
 
     try:
-        return load(args.generator, **{name: getattr(args, name) for name in OPTIONS})
+        return load(**options_of(args))
     except (ValueError, OSError) as err:
         raise SystemExit(
             f"fastprm {command}: cannot load --generator {args.generator}: {one_line(err)}"

@@ -17,20 +17,16 @@ EXIT_INTERRUPTED = 130
 
 
 def score(args: argparse.Namespace) -> int:
+    from ..cli import scorer_options
     from ..io import check_folder
 
     def run() -> FileRun:
         check_folder(args.model, "--model")
         load_options = {"convention": args.convention, "dtype": args.dtype, "device": args.device}
-        scorer_options = {
-            "batch_tokens": args.batch_tokens, "max_length": args.max_length, "truncation": args.truncation,
-            "threshold": args.threshold, "layout": args.layout, "compile": args.compile,
-            "gemm_route": args.gemm_route,
-        }  # fmt: skip
         return score_files(
             [args.input], args.output, args.model, _workers(args), output_format=args.output_format,
             split_steps=args.split_steps, skip_bad_rows=args.skip_bad_rows, load_options=load_options,
-            scorer_options=scorer_options,
+            scorer_options=scorer_options(args),
         )  # fmt: skip
 
     done = _run("score", args, run)
@@ -55,9 +51,8 @@ def label(args: argparse.Namespace) -> int:
         raise SystemExit("fastprm label: --resume works in one process only; a --ray run writes a new folder")
 
     def run() -> FileRun:
-        generator_args = {"name": args.generator, **{name: getattr(args, name) for name in load.OPTIONS}}
         return label_files(
-            [args.input], args.output, generator_args, LabelOptions.from_args(args), _workers(args),
+            [args.input], args.output, load.options_of(args), LabelOptions.from_args(args), _workers(args),
             output_format=args.output_format, split_steps=args.split_steps,
         )  # fmt: skip
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 from .generators import DEFAULT_STOP, Generator
 
 SYNTHETIC = "synthetic"
-OPTIONS = ("error_rate", "seed", "temperature", "max_new_tokens", "stop", "device")  # command-line names
+_OPTIONS = ("error_rate", "seed", "temperature", "max_new_tokens", "stop", "device")
+
+
+def options_of(args) -> dict:
+    """:func:`load_generator`'s arguments from a command's parsed ``--generator`` and its options."""
+    return {"name": args.generator, **{name: getattr(args, name) for name in _OPTIONS}}
 
 
 def load_generator(
