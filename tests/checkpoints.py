@@ -56,6 +56,20 @@ def mistral_tokenizer(out: Path):
     return tok
 
 
+def implicit_prm_pair(out: Path):
+    """The real Qwen2 tokenizer (saved in ``out``) and two tiny random Qwen2 causal LMs (seeds 0 and 1): an
+    implicit PRM's policy and reference."""
+    from transformers import Qwen2ForCausalLM
+
+    tok = qwen_tokenizer(out)
+    config = tiny_qwen2_config(len(tok))
+    pair = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        pair.append(Qwen2ForCausalLM(config).eval())
+    return tok, *pair
+
+
 def tiny_qwen2_config(vocab_size: int, **overrides):
     from transformers import Qwen2Config
 

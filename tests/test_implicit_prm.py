@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from checkpoints import qwen_tokenizer, tiny_qwen2_config
+from checkpoints import implicit_prm_pair
 from fastprm.implicit import ImplicitPRM, ImplicitSolutionScores
 from fastprm.scoring import SolutionScores
 
@@ -23,15 +23,7 @@ BETA = 0.05
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from transformers import Qwen2ForCausalLM
-
-    tok = qwen_tokenizer(tmp_path_factory.mktemp("tok"))
-    config = tiny_qwen2_config(len(tok))
-    pair = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        pair.append(Qwen2ForCausalLM(config).eval())
-    return tok, *pair
+    return implicit_prm_pair(tmp_path_factory.mktemp("tok"))
 
 
 def direct_step_rewards(policy, reference, row) -> list[float]:

@@ -5,9 +5,8 @@ not, and leave the models' attention as it was."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from checkpoints import qwen_tokenizer, tiny_qwen2_config
+from checkpoints import implicit_prm_pair
 from fastprm.implicit import ImplicitPRM
 from fastprm.implicit_sessions import add_implicit_steps
 
@@ -21,15 +20,8 @@ BETA = 0.05
 
 @pytest.fixture(scope="module")
 def prm(tmp_path_factory):
-    from transformers import Qwen2ForCausalLM
-
-    tok = qwen_tokenizer(tmp_path_factory.mktemp("tok"))
-    config = tiny_qwen2_config(len(tok))
-    pair = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        pair.append(Qwen2ForCausalLM(config).eval())
-    return ImplicitPRM(*pair, BETA, tokenizer=tok, chunk_size=1000)
+    tok, policy, reference = implicit_prm_pair(tmp_path_factory.mktemp("tok"))
+    return ImplicitPRM(policy, reference, BETA, tokenizer=tok, chunk_size=1000)
 
 
 def test_steps_one_at_a_time_equal_scoring_the_row(prm):
