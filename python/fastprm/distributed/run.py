@@ -203,7 +203,8 @@ def write_shards(
     output = Path(output)
     if output.exists():
         raise ValueError(f"--output {output} exists; give a new folder")
-    fmt = output_format or input_format(inputs)
+    in_format = input_format(inputs)
+    fmt = output_format or in_format
     partial = Path(
         tempfile.mkdtemp(dir=output.absolute().parent, prefix=output.name + ".", suffix=".partial")
     )
@@ -214,7 +215,7 @@ def write_shards(
     start = time.perf_counter()
     # Reading and writing shards take no CPU of the budget: the actor pool may hold every CPU of the
     # cluster, and a read task waiting for one would wait forever.
-    rows = ray.data.read_datasource(RowFiles(inputs, input_format(inputs)), num_cpus=0)
+    rows = ray.data.read_datasource(RowFiles(inputs, in_format), num_cpus=0)
     sink = OutputShards(str(partial), fmt, parquet_columns)
     try:
         workers.map_batches(rows, actor, **actor_kwargs).write_datasink(sink, ray_remote_args={"num_cpus": 0})
