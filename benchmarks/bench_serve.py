@@ -10,11 +10,15 @@ other scores are counted, as are errors; all must be 0.
 
 Methods (each its own server process, started, warmed up, loaded for ``--seconds``, stopped):
 
-- ``fastprm``: ``fastprm serve`` defaults (dynamic batching), fastprm's own ``/v1/score`` with text rows:
-  the server tokenizes, and rows of one group share their problem's prompt.
+- ``fastprm``: ``fastprm serve`` (dynamic batching) with ``--model-workers`` (default 2: two copies of the
+  model, the cores split between them), fastprm's own ``/v1/score`` with text rows: the server tokenizes,
+  and rows of one group share their problem's prompt.
+- ``fastprm_one_model``: the same with one model on every core (``--model-workers 1``).
 - ``fastprm_sequential``: the same requests sent one at a time by one client, to a server with
-  ``--max-wait-ms 0`` (a lone request is scored at once): what a server without batching gets.
-- ``fastprm_pooling``: ``fastprm serve``'s vLLM-compatible ``/pooling`` with the same token ids vLLM gets.
+  ``--max-wait-ms 0`` (a lone request is scored at once) and one model on every core (the fastest setup for
+  one request at a time): what a server without batching gets.
+- ``fastprm_pooling``: ``fastprm serve``'s vLLM-compatible ``/pooling`` with the same token ids vLLM gets
+  (``--model-workers`` as ``fastprm``).
 - ``vllm``: vLLM's server (``--runner pooling``, its CPU build, torch-compiled, from the venv of
   ``setup_vllm_venv.sh``), ``/pooling`` with token ids tokenized here beforehand (so its tokenizing costs it
   nothing; fastprm's /v1/score pays its own).
@@ -47,9 +51,10 @@ from bench_score import DATA, VLLM_VENV, make_checkpoint, vllm_env
 from bench_search import load_problems
 from common import markdown_table, write_results
 
-METHODS = ("fastprm", "fastprm_sequential", "fastprm_pooling", "vllm")
+METHODS = ("fastprm", "fastprm_one_model", "fastprm_sequential", "fastprm_pooling", "vllm")
 ENDPOINT = {
     "fastprm": "/v1/score",
+    "fastprm_one_model": "/v1/score",
     "fastprm_sequential": "/v1/score",
     "fastprm_pooling": "/pooling",
     "vllm": "/pooling",
@@ -58,21 +63,27 @@ MODEL_NAME = "prm"
 TOLERANCE = {"float32": 1e-4, "bfloat16": 2e-2}  # vs the offline scores (other batch shapes, other kernels)
 
 
-def offline(model_dir: Path, dtype: str, groups) -> tuple[dict, dict, int]:
-    """Step scores and token ids of every (group, solution) row, scored once offline, and the separator id."""
+def offline(model_dir: Path, dtype: str, groups) -> tuple[dict, dict, int, float]:
+    """Step scores and token ids of every (group, solution) row, scored once offline, the separator id, and
+    the offline rate (rows/s, tokenizing included, one group per call as the load sends them: what one model
+    on every core does without HTTP)."""
     from fastprm.models import PRM
     from fastprm.scoring import Scorer
 
     scorer = Scorer(PRM.from_pretrained(model_dir, dtype=getattr(torch, dtype)))
     problems = [p for p, sols in groups for _ in sols]
     solutions = [s for _, sols in groups for s in sols]
+    scorer.score_tokenized(scorer.tokenizer(problems[:8], solutions[:8]))  # first-call costs
+    start = time.perf_counter()
     tokenized = scorer.tokenizer(problems, solutions)
-    scores = scorer.score_tokenized(tokenized)
+    scores = [s for k in range(0, len(tokenized), 8) for s in scorer.score_tokenized(tokenized[k : k + 8])]
+    rate = len(tokenized) / (time.perf_counter() - start)
     keys = [(g, k) for g, (_, sols) in enumerate(groups) for k in range(len(sols))]
     return (
         {key: s.step_scores for key, s in zip(keys, scores)},
         {key: t.input_ids for key, t in zip(keys, tokenized)},
         scorer.tokenizer.separator_ids[0],
+        rate,
     )
 
 
@@ -118,7 +129,9 @@ class TreeRSS:
         return self.peak / 1024
 
 
-def start_server(method: str, model_dir: Path, dtype: str, separator: int, vllm_python: str):
+def start_server(
+    method: str, model_dir: Path, dtype: str, separator: int, vllm_python: str, model_workers: int
+):
     """The method's server process and its base URL once it answers /health."""
     import httpx
 
@@ -138,6 +151,7 @@ def start_server(method: str, model_dir: Path, dtype: str, separator: int, vllm_
             sys.executable, "-m", "fastprm", "serve", "--model", str(model_dir), "--dtype", dtype,
             "--served-model-name", MODEL_NAME, "--port", str(port),
             *(["--max-wait-ms", "0"] if method == "fastprm_sequential" else []),
+            "--model-workers", str(model_workers if method in ("fastprm", "fastprm_pooling") else 1),
         ]  # fmt: skip
         env = {**os.environ, "FASTPRM_TUNE": "auto"}
     log = open(Path(model_dir).parent / f"bench_serve_{method}.log", "w")  # noqa: SIM115 (lives with the process)
@@ -185,7 +199,8 @@ async def run_load(
     method: str, url: str, clients: int, seconds: float, warmup: float, group: int, groups, ids, expected, tol
 ):
     """Closed-loop load: each client posts its next request (``group`` solutions of one problem) as soon as
-    its previous answer is in."""
+    its previous answer is in. Counts the answers that complete within the ``seconds`` after ``warmup``
+    (the load runs from the start, so the queue is in its steady state by then)."""
     import httpx
 
     requests = [
@@ -221,8 +236,8 @@ async def run_load(
             except httpx.HTTPError:
                 ok, body = False, None
             done = time.monotonic()
-            if not (measure_from <= sent and done <= stop_at):
-                continue
+            if not measure_from <= done <= stop_at:  # answers completed in the window, whenever sent:
+                continue  # a window of sends would miss the answers of the last latency's worth of them
             if not ok:
                 stats["errors"] += 1
                 continue
@@ -280,6 +295,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--group", type=int, default=8, help="solutions of one problem per request (1-8)")
     parser.add_argument("--dtype", default="float32", choices=sorted(TOLERANCE))
+    parser.add_argument(
+        "--model-workers",
+        type=int,
+        default=2,
+        help="fastprm serve --model-workers of fastprm, fastprm_pooling",
+    )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--workdir", default="/tmp/fastprm-bench-score")
@@ -299,13 +320,19 @@ def main() -> None:
     if not (DATA / "qwen25_math_eval").exists():
         sys.exit(f"shared data not found at {DATA}")
     groups = load_problems(100)
-    os.environ["FASTPRM_TUNE"] = "off"  # the offline reference: fixed plan (scores do not depend on it)
-    expected, ids, separator = offline(model_dir, args.dtype, groups)
-    print(f"{len(expected)} rows, {sum(map(len, ids.values()))} tokens; offline scores ready", flush=True)
+    os.environ["FASTPRM_TUNE"] = "auto"  # the offline reference on the servers' plan
+    expected, ids, separator, offline_rate = offline(model_dir, args.dtype, groups)
+    print(
+        f"{len(expected)} rows, {sum(map(len, ids.values()))} tokens; offline scores ready "
+        f"({offline_rate:.1f} rows/s)",
+        flush=True,
+    )
     torch.set_num_threads(1)  # this process only sends requests from here on
     results = []
     for method in methods:
-        process, url = start_server(method, model_dir, args.dtype, separator, args.vllm_python)
+        process, url = start_server(
+            method, model_dir, args.dtype, separator, args.vllm_python, args.model_workers
+        )
         load = (args.seconds, args.warmup, args.group, groups, ids, expected, TOLERANCE[args.dtype])
         try:
             rss = TreeRSS(process.pid)
@@ -323,17 +350,26 @@ def main() -> None:
         ratios["fastprm / one at a time, rows/s"] = (
             by["fastprm"]["rows_per_s"] / by["fastprm_sequential"]["rows_per_s"]
         )
+    if "fastprm_one_model" in by and "fastprm_sequential" in by:
+        ratios["fastprm_one_model / one at a time, rows/s"] = (
+            by["fastprm_one_model"]["rows_per_s"] / by["fastprm_sequential"]["rows_per_s"]
+        )
     for mine in ("fastprm", "fastprm_pooling"):
         if mine in by and "vllm" in by:
             ratios[f"{mine} / vllm, rows/s"] = by[mine]["rows_per_s"] / by["vllm"]["rows_per_s"]
             ratios[f"{mine} / vllm, p99"] = by[mine]["p99_ms"] / by["vllm"]["p99_ms"]
+    if "fastprm" in by:
+        ratios["fastprm / offline scoring, rows/s"] = by["fastprm"]["rows_per_s"] / offline_rate
     columns = list(results[0]) if results else []
     markdown = (
-        markdown_table(results, columns) + "\n\n" + "\n".join(f"- {k}: {v:.2f}x" for k, v in ratios.items())
+        markdown_table(results, columns)
+        + f"\n\nOffline, no HTTP (one process, every core, one group per call): {offline_rate:.1f} rows/s\n\n"
+        + "\n".join(f"- {k}: {v:.2f}x" for k, v in ratios.items())
     )
     command = "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])
     extra = {
         "ratios": ratios, "dtype": args.dtype, "seconds": args.seconds, "group": args.group,
+        "model_workers": args.model_workers, "offline_rows_per_s": offline_rate,
         "checkpoint": str(model_dir),
     }  # fmt: skip
     path = write_results(args.name, command, results, markdown, extra)

@@ -196,6 +196,47 @@ def test_health_and_models(server):
     assert httpx.get(server.url + "/v1/models").json()["data"][0]["id"] == MODEL_NAME
 
 
+def test_model_workers_score_alike_and_a_lost_worker_costs_no_request(serve_dir, offline):
+    """--model-workers 2: a worker process beside the server's own model; concurrent requests are answered by
+    both, equal to offline scores; after the worker is SIGKILLed every request is still answered right (the
+    batch it held goes to the server's model), /health says one model is left, and SIGTERM still drains."""
+    s = Server(serve_dir, "--model-workers", "2", "--max-wait-ms", "20", "--max-batch-tokens", "300")
+    rows = [
+        (PROBLEMS[i % len(PROBLEMS)], [*SOLUTIONS[i % len(PROBLEMS)][:2], f"Check {i}."]) for i in range(32)
+    ]
+    expected = offline.score([r[0] for r in rows], [r[1] for r in rows])
+
+    async def send_all():
+        async with httpx.AsyncClient(timeout=120) as client:
+            calls = [
+                client.post(s.url + "/v1/score", json={"rows": [{"problem": p, "steps": steps, "id": i}]})
+                for i, (p, steps) in enumerate(rows)
+            ]
+            return await asyncio.gather(*calls)
+
+    def check(responses):
+        for i, response in enumerate(responses):
+            assert response.status_code == 200, response.text
+            got = response.json()["rows"][0]
+            assert got["id"] == i
+            assert all(close(a, b) for a, b in zip(got["step_scores"], expected[i].step_scores, strict=True))
+
+    try:
+        assert httpx.get(s.url + "/health").json()["models_live"] == 2
+        check(asyncio.run(send_all()))
+        for model in ("0", "1"):  # both copies scored batches
+            assert s.metric(f'fastprm_model_batches_total{{model="{model}"}}') > 0
+        children = Path(f"/proc/{s.process.pid}/task/{s.process.pid}/children").read_text().split()
+        workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(workers) == 1
+        os.kill(int(workers[0]), signal.SIGKILL)
+        check(asyncio.run(send_all()))
+        assert httpx.get(s.url + "/health").json() == {"status": "ok", "model": MODEL_NAME, "models_live": 1}
+        assert any("model worker 1" in line and "exited" in line for line in s.log)
+    finally:
+        assert s.stop() == 0
+
+
 # -- bad input: each gets its status and a JSON error naming the field; the server goes on ----------------
 
 

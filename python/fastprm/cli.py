@@ -662,6 +662,13 @@ def _add_serve(sub) -> None:
         "--max-wait-ms", type=non_negative_float, default=10.0, help="longest a request waits for a batch"
     )
     p.add_argument("--max-queue", type=positive_int, default=256, help="queued requests before 503")
+    p.add_argument(
+        "--model-workers",
+        type=positive_int,
+        default=1,
+        help="copies of the model scoring batches side by side, the cores split among them (the server's own "
+        "+ N-1 worker processes; each holds the weights): pays under concurrent load on CPUs",
+    )
     p.add_argument("--max-request-bytes", type=positive_int, default=16 * 2**20, help="413 beyond")
     p.add_argument("--max-rows", type=positive_int, default=1024, help="rows per request; 413 beyond")
     p.add_argument(

@@ -23,6 +23,7 @@ def serve(args: argparse.Namespace) -> int:
         from .serve.app import ScoringService, create_app
         from .serve.config import ServeConfig
         from .serve.server import DrainingServer
+        from .serve.workers import ModelWorker, warm_up
     except ImportError as err:
         raise SystemExit(
             f"fastprm serve needs the serve extra ({one_line(err)}): pip install 'fastprm[serve]'"
@@ -49,13 +50,24 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"fastprm serve: {err}") from None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    threads = _threads_per_model(args.model_workers)
     _say(f"loading {args.model}")
     scorer = load_scorer(args, "serve")
-    scorer.score(["What is 1 + 1?"], [["1 + 1 = 2.", "The answer is 2."]])  # warm-up: first-call costs
+    warm_up(scorer)
     _say(f"model ready ({scorer.plan.describe()})")
+    workers = []
+    try:
+        # One at a time: a worker calibrating its plan must not time itself against another one loading.
+        for index in range(1, args.model_workers):
+            workers.append(ModelWorker(args, threads, index))
+            _say(f"model worker {index} of {args.model_workers - 1} ready ({workers[-1].plan})")
+    except RuntimeError as err:
+        for worker in workers:
+            worker.close()
+        raise SystemExit(f"fastprm serve: {err}") from None
     if not _is_loopback(args.host) and api_key is None:
         _say(f"warning: listening on {args.host} without --api-key: anyone who can reach it can use it")
-    service = ScoringService(scorer, config)
+    service = ScoringService(scorer, config, workers)
     server = DrainingServer(
         service,
         uvicorn.Config(
@@ -73,6 +85,22 @@ def serve(args: argparse.Namespace) -> int:
         _say("drained; exiting")
         return 0
     return 1  # uvicorn could not start (e.g. the port is taken); it has said why
+
+
+def _threads_per_model(models: int) -> int:
+    """Splits the cores torch may use among ``models`` copies of the model and sets this process's share."""
+    import torch
+
+    from .machine import fit_threads_to_cores
+
+    cores = fit_threads_to_cores()
+    threads = max(1, cores // models)
+    if models > cores:
+        _say(f"warning: {models} model copies on {cores} cores: they will contend for them")
+    if models > 1:
+        torch.set_num_threads(threads)
+        _say(f"{models} model copies, {threads} torch thread(s) each")
+    return threads
 
 
 def _api_key(args: argparse.Namespace) -> str | None:

@@ -1,8 +1,8 @@
 """The ASGI app of ``fastprm serve``: endpoints, limits, auth, metrics, around one :class:`Scorer`.
 
 The event loop only reads bodies, checks them and writes responses. Tokenizing runs on one helper thread
-(the tokenizer is not safe to share between threads) and scoring on the batcher's model thread, so a long
-batch never delays another client's 4xx or ``/health``.
+(the tokenizer is not safe to share between threads) and scoring on the batcher's model threads (the
+server's model and any worker processes'), so a long batch never delays another client's 4xx or ``/health``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from .protocol import (
 if TYPE_CHECKING:
     from ..scoring import Scorer
     from ..tokenization import TokenizedSolution
+    from .workers import ModelWorker
 
 logger = logging.getLogger("fastprm.serve")
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key (load balancers probe it)
@@ -56,16 +57,19 @@ class ScoringService:
     """One model behind the endpoints: its scorer, the tokenizer thread, the batcher and the metrics.
 
     Args:
-        scorer: the model and how it runs (layout, GEMM route, truncation, threshold).
+        scorer: the model and how it runs (layout, GEMM route, truncation, threshold); it also tokenizes.
         config: limits and protocol options.
+        workers: more copies of the same model in worker processes, scoring batches beside ``scorer``;
+            closed with the service.
     """
 
-    def __init__(self, scorer: Scorer, config: ServeConfig):
+    def __init__(self, scorer: Scorer, config: ServeConfig, workers: Sequence[ModelWorker] = ()):
         self.scorer = scorer
         self.config = config
+        self.workers = list(workers)
         self.metrics = ServerMetrics()
         self.batcher = DynamicBatcher(
-            scorer.score_tokenized,
+            [scorer.score_tokenized, *(worker.score_tokenized for worker in self.workers)],
             config.max_batch_tokens,
             config.max_wait_ms / 1000,
             config.max_queue,
@@ -76,10 +80,12 @@ class ScoringService:
         self.draining = False
 
     def close(self) -> None:
-        """Scores what is queued, then stops the threads."""
+        """Scores what is queued, then stops the threads and the worker processes."""
         self.draining = True
         self.batcher.close()
         self.tokenizer_thread.shutdown()
+        for worker in self.workers:
+            worker.close()
 
     # -- the steps of a request ---------------------------------------------------------------------------
 
@@ -260,7 +266,9 @@ class ScoringService:
             return JSONResponse({"status": "draining"}, status_code=503)
         if not self.batcher.alive:
             return JSONResponse({"status": "model thread stopped"}, status_code=503)
-        return JSONResponse({"status": "ok", "model": self.config.model_name})
+        return JSONResponse(
+            {"status": "ok", "model": self.config.model_name, "models_live": self.batcher.live_models}
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

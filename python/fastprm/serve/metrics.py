@@ -56,13 +56,22 @@ class ServerMetrics:
         self.batch_seconds = Histogram(
             "fastprm_batch_seconds", "model time per scoring batch", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.model_batches = Counter(
+            "fastprm_model_batches", "scoring batches, by model copy (0: the server's own)", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.model_seconds = Counter(
+            "fastprm_model_busy_seconds", "time spent scoring, by model copy", ["model"], registry=r
+        )
         self.latency = Histogram(
             "fastprm_request_seconds", "request latency, body received to response ready", ["endpoint"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
 
-    def batch(self, requests: int, rows: int, tokens: int, seconds: float) -> None:
-        """Records one scoring batch (the batcher's ``on_batch``)."""
+    def batch(self, model: int, requests: int, rows: int, tokens: int, seconds: float) -> None:
+        """Records one scoring batch of model copy ``model`` (the batcher's ``on_batch``)."""
+        self.model_batches.labels(str(model)).inc()
+        self.model_seconds.labels(str(model)).inc(seconds)
         self.batch_requests.observe(requests)
         self.batch_rows.observe(rows)
         self.batch_tokens.observe(tokens)
