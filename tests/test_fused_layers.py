@@ -1,7 +1,9 @@
 """Hand-fused decoder layers (fastprm.models.fused_layers) against transformers' own layer forward.
 
 fp32 results agree within 1e-5; bf16 ones within two units of bf16's last place (the kernels round where
-transformers rounds, so in practice they agree bit for bit on these models). Covered: Qwen2, Llama (with
+transformers rounds, so in practice they agree bit for bit on these models), except under the oneDNN route,
+whose SwiGLU runs in the GEMMs' post-ops and rounds less: there both bf16 forwards are held against the fp32
+forward of the same weights, and the fused one must be as close to it as transformers' is. Covered: Qwen2, Llama (with
 attention and MLP biases) and Mistral, with and without the step-row last layer, packed rows, one row after a
 prefix cache, packed rows after per-row prefix spans (sessions), every GEMM route, batch composition, autograd
 (the fused path is off) and Qwen3 (left unfused).
@@ -51,7 +53,7 @@ def _prm(config: dict, dtype=torch.float32) -> PRM:
 
 
 def _count_fused_calls():
-    return mock.patch.object(fl, "silu_mul_cpu", wraps=fl.silu_mul_cpu)
+    return mock.patch.object(fl, "rotary_cpu_", wraps=fl.rotary_cpu_)  # once per fused layer call
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -67,10 +69,24 @@ def test_fused_equals_transformers(name, dtype):
                 full = prm.hidden_states(b.input_ids, fused=True, **kw)
                 at_rows = prm.step_hidden_states(b.input_ids, b.step_index, fused=True, **kw)
             assert calls.call_count == 2 * layers
-            torch.testing.assert_close(full, prm.hidden_states(b.input_ids, **kw), **TOL[dtype])
-            torch.testing.assert_close(
-                at_rows, prm.step_hidden_states(b.input_ids, b.step_index, **kw), **TOL[dtype]
-            )
+            want = prm.hidden_states(b.input_ids, **kw)
+            want_at_rows = prm.step_hidden_states(b.input_ids, b.step_index, **kw)
+            if dtype == torch.bfloat16 and route == "onednn":
+                exact = _prm(BACKBONES[name], torch.float32)
+                reference = exact.hidden_states(b.input_ids, position_ids=b.position_ids)
+                _as_close_as(full, want, reference)
+                _as_close_as(at_rows, want_at_rows, reference[:, b.step_index])
+                continue
+            torch.testing.assert_close(full, want, **TOL[dtype])
+            torch.testing.assert_close(at_rows, want_at_rows, **TOL[dtype])
+
+
+def _as_close_as(got: torch.Tensor, want: torch.Tensor, exact: torch.Tensor) -> None:
+    """``got`` (bf16) errs from the fp32 ``exact`` no more than ``want`` (bf16) does, at most and on average
+    (a quarter of a bf16 unit of slack on the average: both are a handful of roundings apart)."""
+    got_err, want_err = ((t.float() - exact).abs() for t in (got, want))
+    assert got_err.max() <= want_err.max() * 1.25, (got_err.max(), want_err.max())
+    assert got_err.mean() <= want_err.mean() + 2**-10, (got_err.mean(), want_err.mean())
 
 
 def test_padded_rows():
