@@ -186,3 +186,20 @@ def test_report_errors(tmp_path):
     assert "--metrics" in error_of(
         "report", "--metrics", tmp_path / "m.json", "--output", tmp_path / "m.json"
     )
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [("score", "--num-workers 2"), ("score", "--ray-address auto"), ("label", "--output-format parquet"),
+     ("label", "--batch-rows 3"), ("score", "--gpus-per-worker 1")],
+)  # fmt: skip
+def test_ray_options_without_ray_are_refused(tmp_path, command, option):
+    """An option of --ray given without it would be ignored: a run meant for a cluster would quietly run in
+    one process."""
+    first = {"score": ["--model", tmp_path / "m"], "label": ["--generator", "synthetic"]}[command]
+    message = error_of(
+        command, *first, "--input", tmp_path / "in.jsonl", "--output", tmp_path / "o", *option.split()
+    )
+    assert (
+        message == f"fastprm {command}: {option.split()[0]} is an option of --ray: add --ray, or leave it out"
+    )

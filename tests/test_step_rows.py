@@ -148,3 +148,48 @@ def test_a_row_scores_the_same_bits_alone_and_in_any_batch(qwen_prm_dir, dtype):
     for i, (problem, steps) in enumerate(zip(ROW_PROBLEMS, SOLUTIONS)):
         alone = prm.score([problem], [steps])[0]
         assert alone.step_scores == together[i].step_scores == reversed_[i].step_scores
+
+
+def test_a_second_thread_is_refused_while_the_model_runs():
+    """A forward swaps module methods of the backbone for its call: a second thread gets a clear error, not
+    the first thread's layers; the first call's result is unchanged, and the model is free again after."""
+    import threading
+
+    prm = _prm("qwen2")
+    b = pack_rows(ROWS, ENDS)
+    kw = dict(position_ids=b.position_ids)
+    with torch.inference_mode():
+        want = prm.step_hidden_states(b.input_ids, b.step_index, **kw)
+    inside, release, got = threading.Event(), threading.Event(), {}
+    first_layer = prm.backbone.layers[0]
+    original = type(first_layer).forward
+
+    def held_forward(layer, *args, **kwargs):  # the first thread waits mid-forward
+        if threading.current_thread().name == "first":
+            inside.set()
+            release.wait(10)
+        return original(layer, *args, **kwargs)
+
+    def first():
+        with torch.inference_mode():
+            got["first"] = prm.step_hidden_states(b.input_ids, b.step_index, **kw)
+
+    type(first_layer).forward = held_forward
+    try:
+        thread = threading.Thread(target=first, name="first")
+        thread.start()
+        assert inside.wait(10)
+        for call in (
+            lambda: prm.step_hidden_states(b.input_ids, b.step_index, **kw),
+            lambda: prm.hidden_states(b.input_ids, **kw),
+            lambda: prm.prefix_cache(b.input_ids[:, :2]),
+        ):
+            with pytest.raises(RuntimeError, match="running in another thread"):
+                call()
+        release.set()
+        thread.join(10)
+    finally:
+        type(first_layer).forward = original
+    torch.testing.assert_close(got["first"], want, rtol=0, atol=0)
+    with torch.inference_mode():  # free again, from any thread
+        torch.testing.assert_close(prm.step_hidden_states(b.input_ids, b.step_index, **kw), want)

@@ -160,6 +160,7 @@ def _score(args: argparse.Namespace) -> int:
     becomes --output only when every row is done. With ``--ray``: :mod:`fastprm.distributed.cli`."""
     if args.ray:
         return on_ray("score", args)
+    refuse_ray_options("score", args)
     try:
         check_input_file(args.input, "--input")
         check_output_file(args.output, "--output", [("--input", args.input)])
@@ -201,6 +202,15 @@ def on_ray(command: str, args: argparse.Namespace) -> int:
             f"fastprm {command} --ray: Ray is not installed: pip install 'fastprm[ray]'"
         ) from None
     return getattr(ray_cli, command)(args)
+
+
+def refuse_ray_options(command: str, args: argparse.Namespace) -> None:
+    """Ends ``fastprm <command>`` when an option of ``--ray`` was given without ``--ray`` (it would be
+    ignored: a run meant for a cluster would quietly run in one process)."""
+    for name, default in args.ray_option_defaults.items():
+        if getattr(args, name) != default:
+            option = "--" + name.replace("_", "-")
+            raise SystemExit(f"fastprm {command}: {option} is an option of --ray: add --ray, or leave it out")
 
 
 def load_prm(args: argparse.Namespace, command: str):
@@ -343,6 +353,15 @@ def add_ray_options(p: argparse.ArgumentParser, rows_per_batch: int) -> None:
         default=None,
         help="shard format (default: the input's)",
     )
+    names = (
+        "ray_address",
+        "num_workers",
+        "cpus_per_worker",
+        "gpus_per_worker",
+        "batch_rows",
+        "output_format",
+    )
+    p.set_defaults(ray_option_defaults={name: p.get_default(name) for name in names})
 
 
 def add_scorer_options(p: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import on_ray
+from .cli import on_ray, refuse_ray_options
 from .io import BadRow, check_input_file, json_text, one_line, read_rows
 from .labeling.rows import LabelOptions, label_chunk
 from .search_cli import load_generator
@@ -39,6 +39,7 @@ def label(args: argparse.Namespace) -> int:
 
     if args.ray:
         return on_ray("label", args)
+    refuse_ray_options("label", args)
 
     try:
         check_input_file(args.input, "--input")

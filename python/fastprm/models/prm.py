@@ -8,6 +8,7 @@ import functools
 import importlib.util
 import inspect
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +51,9 @@ def default_attention(device: torch.device, dtype: torch.dtype = torch.bfloat16)
         return varlen_attention.register()
     half = dtype in (torch.float16, torch.bfloat16)
     return "flash_attention_2" if half and importlib.util.find_spec("flash_attn") else None
+
+
+_THREAD_CHECK = threading.Lock()  # guards PRM._one_thread's owner check and update
 
 
 class PRM(nn.Module):
@@ -241,7 +245,7 @@ class PRM(nn.Module):
         if prefix is not None:
             kwargs[_cache_argument(type(self.backbone))] = prefix
             prefix_length = prefix.get_seq_length()
-        with self._gemm_route(gemm_route, fused):
+        with self._one_thread(), self._gemm_route(gemm_route, fused):
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
         if prefix is not None and (appended := prefix.get_seq_length() - prefix_length):
             prefix.crop(-appended)  # drops what this row appended (a negative count in every transformers)
@@ -261,6 +265,7 @@ class PRM(nn.Module):
         # No gradients: a cache serves scoring, and its tensors must be copyable (``after``).
         with (
             torch.no_grad(),
+            self._one_thread(),
             last_layer_at_rows(self.backbone, no_rows),
             self._gemm_route(gemm_route, fused),
         ):
@@ -278,7 +283,7 @@ class PRM(nn.Module):
         step rows. The last layer computes past its attention at those rows only
         (:mod:`fastprm.models.step_rows`); other architectures run it in full and the rows are gathered.
         ``kwargs`` go to :meth:`hidden_states` (``position_ids``, ``prefix``, ``gemm_route``, ``fused``)."""
-        with last_layer_at_rows(self.backbone, rows) as at_rows:
+        with self._one_thread(), last_layer_at_rows(self.backbone, rows) as at_rows:
             hidden = self.hidden_states(input_ids, attention_mask, **kwargs)
         return hidden[0] if at_rows else hidden.reshape(-1, hidden.shape[-1])[rows]
 
@@ -336,7 +341,7 @@ class PRM(nn.Module):
         """The head and the fused op over step rows: ``step_hidden`` [K, H] (from :meth:`step_hidden_states`)
         and ``cu_steps`` [B + 1] int64 offsets of each sequence's steps -> :class:`~fastprm.ops.StepScores`
         (the op's rows mode: its ``step_index`` is None)."""
-        with self._gemm_route(None):
+        with self._one_thread(), self._gemm_route(None):
             rows, weight, bias = self.head.project(step_hidden)
         return score_steps(
             rows,
@@ -346,6 +351,27 @@ class PRM(nn.Module):
             positive_class=self.convention.positive_class,
             threshold=threshold,
         )
+
+    @contextlib.contextmanager
+    def _one_thread(self):
+        """Refuses a second thread while one runs the model: a forward swaps module methods of the backbone
+        (GEMM route, fused layers, the step-row last layer) for its own call, so two threads at once would
+        run each other's layers and fail or, worse, return wrong numbers. Re-entered freely by its thread."""
+        me = threading.get_ident()
+        with _THREAD_CHECK:
+            owner, depth = self.__dict__.get("_running_in", (None, 0))
+            if owner not in (None, me):
+                raise RuntimeError(
+                    "this PRM is running in another thread: one thread at a time may use a PRM (or a Scorer "
+                    "or session over it); give each thread its own PRM (fastprm serve --model-workers runs "
+                    "model copies side by side)"
+                )
+            self.__dict__["_running_in"] = (me, depth + 1)
+        try:
+            yield
+        finally:
+            with _THREAD_CHECK:
+                self.__dict__["_running_in"] = (me, depth) if depth else (None, 0)
 
     @contextlib.contextmanager
     def _gemm_route(self, route: str | None, fused: bool = False):
