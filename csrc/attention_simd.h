@@ -52,6 +52,7 @@ class Attention {
   std::vector<float> kt, vc;  // the unit's keys [D, ldk] and values [ldk, D], fp32, zero past Lk
   std::vector<float> qs, s, o;
   float m[kBlockQ], l[kBlockQ], alpha[kBlockQ];
+  const float one_ = 1.f;
 
   explicit Attention(const AttentionArgs& args)
       : a(args), D(args.head_dim), qs(kBlockQ * D), s(kBlockQ * kTile), o(kBlockQ * D) {}
@@ -102,10 +103,17 @@ class Attention {
       if (j0 + kTile - 1 > first_key) mask(nq, first_key - j0);
       softmax_update(nq);
       if (j0 + kTile - 1 > first_key) {
-        // A diagonal tile: each query reads only the values it sees (p = 0 times a NaN value is NaN).
-        for (int i = 0; i < nq; ++i) {
-          const int visible = static_cast<int>(std::min<int64_t>(kTile, first_key + i + 1 - j0));
-          accumulate<1>(&s[i * kTile], &vc[j0 * D], &o[i * D], &alpha[i], std::max(visible, 0));
+        // A diagonal tile: each query reads only the values it sees (p = 0 times a NaN value is NaN). The
+        // keys every query of a register tile sees go through the RB-row kernel, each query's few more
+        // through the one-row kernel (scale 1: alpha is applied once); per query the same FMAs in the same
+        // order as one pass over its keys.
+        for (int i = 0; i < rows; i += RB) {
+          const int common = visible_keys(first_key + i - j0);
+          accumulate<RB>(&s[i * kTile], &vc[j0 * D], &o[i * D], &alpha[i], common);
+          for (int r = i; r < std::min(i + RB, nq); ++r) {
+            const int more = visible_keys(first_key + r - j0) - common;
+            if (more > 0) accumulate<1>(&s[r * kTile + common], &vc[(j0 + common) * D], &o[r * D], &one_, more);
+          }
         }
       } else {
         for (int i = 0; i < rows; i += RB) accumulate<RB>(&s[i * kTile], &vc[j0 * D], &o[i * D], &alpha[i], kTile);
@@ -117,6 +125,9 @@ class Attention {
       for (int d = 0; d < D; d += W) R::store(out + i * a.heads_q * D + d, V::mul(V::load(&o[i * D + d]), inv));
     }
   }
+
+  // Keys of a tile seen by a query whose last visible key is at `last` within the tile (causal).
+  static int visible_keys(int64_t last) { return static_cast<int>(std::clamp<int64_t>(last + 1, 0, kTile)); }
 
   // s[RB, kTile] = q[RB, D] . kt[:, 0 .. kTile).
   void scores(const float* q, const float* k, int64_t ldk, float* out) const {
