@@ -364,14 +364,11 @@ def main() -> None:
         results.append(row)
     by = {r["method"]: r for r in results}
     ratios = {}
-    if "fastprm" in by and "fastprm_sequential" in by:
-        ratios["fastprm / one at a time, rows/s"] = (
-            by["fastprm"]["rows_per_s"] / by["fastprm_sequential"]["rows_per_s"]
-        )
-    if "fastprm_one_model" in by and "fastprm_sequential" in by:
-        ratios["fastprm_one_model / one at a time, rows/s"] = (
-            by["fastprm_one_model"]["rows_per_s"] / by["fastprm_sequential"]["rows_per_s"]
-        )
+    for mine in ("fastprm", "fastprm_one_model"):
+        if mine in by and "fastprm_sequential" in by:
+            ratios[f"{mine} / one at a time, rows/s"] = (
+                by[mine]["rows_per_s"] / by["fastprm_sequential"]["rows_per_s"]
+            )
     for mine in ("fastprm", "fastprm_pooling"):
         if mine in by and "vllm" in by:
             ratios[f"{mine} / vllm, rows/s"] = by[mine]["rows_per_s"] / by["vllm"]["rows_per_s"]

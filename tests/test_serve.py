@@ -129,6 +129,29 @@ def close(a, b, tol=1e-6):
     return (a is None and b is None) or abs(a - b) <= tol
 
 
+def post_concurrently(url: str, rows: list[tuple[str, list[str]]]) -> list:
+    """Posts every (problem, steps) row at once, each as its own /v1/score request with its index as id."""
+
+    async def send_all():
+        async with httpx.AsyncClient(timeout=120) as client:
+            calls = [
+                client.post(url + "/v1/score", json={"rows": [{"problem": p, "steps": steps, "id": i}]})
+                for i, (p, steps) in enumerate(rows)
+            ]
+            return await asyncio.gather(*calls)
+
+    return asyncio.run(send_all())
+
+
+def check_one_row_each(responses: list, expected: list) -> None:
+    """Each response is 200 with its own row (by id), whose step scores equal ``expected`` (1e-6)."""
+    for i, response in enumerate(responses):
+        assert response.status_code == 200, response.text
+        got = response.json()["rows"][0]
+        assert got["id"] == i
+        assert all(close(a, b) for a, b in zip(got["step_scores"], expected[i].step_scores, strict=True))
+
+
 # -- scores ------------------------------------------------------------------------------------------------
 
 
@@ -156,20 +179,7 @@ def test_concurrent_requests_come_back_to_their_callers(server, offline):
         rows.append((PROBLEMS[p], [*SOLUTIONS[p][:2], f"Check number {i}."]))
     expected = offline.score([r[0] for r in rows], [r[1] for r in rows])
     batches_before = server.metric("fastprm_batch_requests_count")
-
-    async def send_all():
-        async with httpx.AsyncClient(timeout=120) as client:
-            calls = [
-                client.post(server.url + "/v1/score", json={"rows": [{"problem": p, "steps": s, "id": i}]})
-                for i, (p, s) in enumerate(rows)
-            ]
-            return await asyncio.gather(*calls)
-
-    responses = asyncio.run(send_all())
-    for i, response in enumerate(responses):
-        got = response.json()["rows"][0]
-        assert got["id"] == i
-        assert all(close(a, b) for a, b in zip(got["step_scores"], expected[i].step_scores, strict=True))
+    check_one_row_each(post_concurrently(server.url, rows), expected)
     batches = server.metric("fastprm_batch_requests_count") - batches_before
     assert batches < len(rows)  # dynamic batching put several requests in one scoring call
 
@@ -205,32 +215,16 @@ def test_model_workers_score_alike_and_a_lost_worker_costs_no_request(serve_dir,
         (PROBLEMS[i % len(PROBLEMS)], [*SOLUTIONS[i % len(PROBLEMS)][:2], f"Check {i}."]) for i in range(32)
     ]
     expected = offline.score([r[0] for r in rows], [r[1] for r in rows])
-
-    async def send_all():
-        async with httpx.AsyncClient(timeout=120) as client:
-            calls = [
-                client.post(s.url + "/v1/score", json={"rows": [{"problem": p, "steps": steps, "id": i}]})
-                for i, (p, steps) in enumerate(rows)
-            ]
-            return await asyncio.gather(*calls)
-
-    def check(responses):
-        for i, response in enumerate(responses):
-            assert response.status_code == 200, response.text
-            got = response.json()["rows"][0]
-            assert got["id"] == i
-            assert all(close(a, b) for a, b in zip(got["step_scores"], expected[i].step_scores, strict=True))
-
     try:
         assert httpx.get(s.url + "/health").json()["models_live"] == 2
-        check(asyncio.run(send_all()))
+        check_one_row_each(post_concurrently(s.url, rows), expected)
         for model in ("0", "1"):  # both copies scored batches
             assert s.metric(f'fastprm_model_batches_total{{model="{model}"}}') > 0
         children = Path(f"/proc/{s.process.pid}/task/{s.process.pid}/children").read_text().split()
         workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
         assert len(workers) == 1
         os.kill(int(workers[0]), signal.SIGKILL)
-        check(asyncio.run(send_all()))
+        check_one_row_each(post_concurrently(s.url, rows), expected)
         assert httpx.get(s.url + "/health").json() == {"status": "ok", "model": MODEL_NAME, "models_live": 1}
         assert any("model worker 1" in line and "exited" in line for line in s.log)
     finally:

@@ -1,9 +1,10 @@
 """Dynamic batching: requests queue up, a model thread scores the rows of many requests in one call.
 
-One model thread per model copy: the server's own model and, with ``--model-workers``, each worker process's
-(:mod:`fastprm.serve.workers`); each thread takes the next batch when its model is free. Why batches: a scoring call over many rows forms larger GEMMs and shares each problem's
-prompt among all its rows (an RL trainer sends a group of completions per prompt, often split over several
-requests), which a request-at-a-time server cannot.
+One model thread per model copy: the server's own model and, with ``--model-workers``, each worker
+process's (:mod:`fastprm.serve.workers`); each thread takes the next batch when its model is free. Why
+batches: a scoring call over many rows forms larger GEMMs and shares each problem's prompt among all its
+rows (an RL trainer sends a group of completions per prompt, often split over several requests), which a
+request-at-a-time server cannot.
 
 The HTTP side never waits on the model: :meth:`DynamicBatcher.submit` only appends to the queue (or refuses
 at once when it is full or the server is draining) and the job's ``done`` callback delivers the result.
