@@ -158,6 +158,29 @@ def test_a_row_does_not_depend_on_its_batch():
     torch.testing.assert_close(together, torch.cat(alone), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("route", ["torch", "onednn", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows_per_slice", [1, 5])
+def test_mlp_in_slices_of_rows_equals_one_slice(monkeypatch, route, dtype, rows_per_slice):
+    """The MLP runs over cache-sized slices of rows (the last one ragged here: 26 tokens); a row's result
+    does not depend on the slice it lands in, within the batch-invariance bound of the dtype (a GEMM of
+    other row counts may sum in another order)."""
+    prm = _prm(BACKBONES["llama"], dtype)
+    if route not in available_gemm_routes(prm.device, prm.dtype):
+        pytest.skip(f"no {route} route for {dtype} here")
+    b = pack_rows(ROWS, ENDS)
+    results = []
+    with torch.inference_mode():
+        for chunk_bytes in (1 << 30, rows_per_slice * SMALL["intermediate_size"] * dtype.itemsize):
+            monkeypatch.setattr(fl, "MLP_CHUNK_BYTES", chunk_bytes)
+            hidden, _ = prm.packed_step_hidden_states(ROWS, ENDS, gemm_route=route, fused=True)
+            results.append(hidden)
+    assert (
+        fl.mlp_chunk_rows(SMALL["intermediate_size"], dtype.itemsize) == rows_per_slice < b.input_ids.numel()
+    )
+    torch.testing.assert_close(results[1], results[0], **TOL[dtype])
+
+
 def test_off_under_autograd_and_restored():
     prm = _prm(BACKBONES["qwen2"])
     b = pack_rows(ROWS, ENDS)

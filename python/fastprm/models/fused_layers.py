@@ -7,7 +7,7 @@ Qwen2.5-Math-PRM shape on an AMD EPYC Zen 5). Within :func:`fused_layers` each s
 
     RMSNorm (one kernel) -> merged QKV GEMM -> rotary of q and k in place (one kernel, on the GEMM's output)
     -> fastprm's varlen attention -> o_proj -> residual add + RMSNorm (one kernel) -> merged gate/up GEMM
-    -> SwiGLU (one kernel) -> down_proj -> residual add
+    -> SwiGLU (one kernel) -> down_proj -> residual add       (the MLP in cache-sized slices of rows)
 
 with the kernels of :mod:`fastprm.ops` (``rms_norm``, ``rotary_``, ``silu_mul``) called directly. Each
 kernel rounds where transformers' modules round, so the result is transformers' forward up to the last bit
@@ -54,6 +54,12 @@ from .step_rows import rows_of
 # Decoder layers whose forward is the pre-norm layout above (tested against transformers' forward).
 FUSED_LAYERS = frozenset({"LlamaDecoderLayer", "MistralDecoderLayer", "Qwen2DecoderLayer"})
 _KERNELS = ("rms_norm", "rotary", "silu_mul")
+# The MLP runs over slices of rows whose [rows, intermediate] activations take at most MLP_CHUNK_BYTES, so
+# the gate/up output is still in the last-level cache when the up GEMM's post-op and down_proj read it.
+# Measured on an AMD EPYC Zen 5 (32 MB L3) at Qwen2.5-0.5B widths, 4,096-token packed batches, same-process
+# A/B: bf16 +15% (one [4096, 4864] slice is 40 MB; slices of 512-2,048 rows all alike), fp32 +13%; results
+# bitwise the same.
+MLP_CHUNK_BYTES = 8 << 20
 
 
 @dataclass
@@ -227,8 +233,16 @@ def _fused_forward(
         out, residual = out[rows], x[rows]
     post = layer.post_attention_layernorm
     h, normed = rms_norm_cpu(attn.o_proj(out), post.weight, post.variance_epsilon, residual)
-    result = layer.mlp.down_proj(merged.swiglu(normed)).add_(h)
-    return result.view(1, -1, H) if rows is not None else result.view(B, T, H)
+    chunk = mlp_chunk_rows(layer.mlp.gate_proj.out_features, h.element_size())
+    for start in range(0, h.shape[0], chunk):  # h += MLP(normed), a cache-sized slice of rows at a time
+        part = slice(start, start + chunk)
+        h[part].add_(layer.mlp.down_proj(merged.swiglu(normed[part])))
+    return h.view(1, -1, H) if rows is not None else h.view(B, T, H)
+
+
+def mlp_chunk_rows(intermediate: int, itemsize: int) -> int:
+    """Rows per MLP slice: the most whose [rows, intermediate] activations fit :data:`MLP_CHUNK_BYTES`."""
+    return max(1, MLP_CHUNK_BYTES // (intermediate * itemsize))
 
 
 @contextlib.contextmanager
