@@ -45,7 +45,7 @@ void varlen_attention(const AttentionArgs& args);
 }  // namespace avx2
 namespace avx512 {
 bool attention_supported(int head_dim);
-void varlen_attention(const AttentionArgs& args);
+void varlen_attention(const AttentionArgs& args, bool native_bf16);
 }  // namespace avx512
 
 }  // namespace fastprm

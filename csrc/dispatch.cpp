@@ -94,8 +94,9 @@ void varlen_attention(Isa isa, const AttentionArgs& args) {
     case Isa::avx2:
       return avx2::varlen_attention(args);
     case Isa::avx512:
+      return avx512::varlen_attention(args, false);
     case Isa::avx512_bf16:
-      return avx512::varlen_attention(args);
+      return avx512::varlen_attention(args, true);
 #endif
     default:
       return;

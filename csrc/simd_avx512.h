@@ -75,6 +75,25 @@ struct BF16Native : BF16 {
   }
 };
 
+// BF16Native whose attention products run as AVX512-BF16 dot products over bf16 pairs (attention_simd.h): a
+// 32-bit word holds a pair, its first element in the low half.
+struct BF16Pairs : BF16Native {
+  static constexpr bool kPairDot = true;
+  static __m512 pairs(const uint32_t* p) { return _mm512_castsi512_ps(_mm512_loadu_si512(p)); }
+  // acc + a0 b0 + a1 b1 in each fp32 lane, (a0, a1) = `pair` and (b0, b1) the lane's pair of b (vdpbf16ps).
+  static __m512 dot(__m512 acc, uint32_t pair, __m512 b) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)_mm512_set1_epi32(static_cast<int>(pair)), (__m512bh)_mm512_castps_si512(b));
+  }
+  // Pairs with the second element zeroed.
+  static __m512 first_of_pairs(__m512 b) {
+    return _mm512_castsi512_ps(_mm512_maskz_mov_epi16(0x55555555u, _mm512_castps_si512(b)));
+  }
+  // The 32 values lo, hi rounded to bf16 (nearest even), in order, as 16 pairs.
+  static void to_pairs(uint32_t* out, __m512 lo, __m512 hi) {
+    _mm512_storeu_si512(out, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+  }
+};
+
 struct F16 {
   using T = uint16_t;
   static __m512 load(const T* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
