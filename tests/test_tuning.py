@@ -61,9 +61,7 @@ def test_first_use_calibrates_and_caches_then_reads_the_cache(prm, tuning_on, mo
     assert path.is_relative_to(tuning_on) and ScoringPlan.from_dict(record["plan"]) == plan
     layouts = [e for e in record["table"] if e["phase"] == "layout"]
     assert [(e["layout"], e["batch_tokens"]) for e in layouts] == list(LAYOUT_CANDIDATES)
-    decisive = [e for e in record["table"] if e["phase"] == "confirm"] or layouts  # confirmed at full depth
-    best = min(decisive, key=lambda e: e["seconds"])
-    assert (plan.layout, plan.batch_tokens) == (best["layout"], best["batch_tokens"])
+    assert (plan.layout, plan.batch_tokens) == _winner(record)
     gemm = {e["gemm_route"]: e["seconds"] for e in record["table"] if e["phase"] == "gemm"}
     assert plan.gemm_route == min(gemm, key=gemm.get)
 
@@ -140,11 +138,27 @@ def test_tune_mode_is_checked(monkeypatch):
     assert pinned_choices() == {}
 
 
-def test_close_candidates_are_confirmed_at_full_depth(prm, monkeypatch):
-    """Each layout's fastest candidate of the shallow phase runs again through every layer, and that run
-    decides."""
+def _winner(record: dict) -> tuple[str, int]:
+    """The (layout, batch_tokens) a calibration record's table says wins: the shallow phase's fastest, unless
+    the full-depth confirmation ran another CONFIRM_MARGIN times faster."""
+    shallow = min((e for e in record["table"] if e["phase"] == "layout"), key=lambda e: e["seconds"])
+    confirmed = [e for e in record["table"] if e["phase"] == "confirm"]
+    winner = shallow
+    if confirmed:
+        fastest = min(confirmed, key=lambda e: e["seconds"])
+        if fastest["seconds"] * calibrate_module.CONFIRM_MARGIN < confirmed[0]["seconds"]:
+            winner = fastest
+    return winner["layout"], winner["batch_tokens"]
+
+
+@pytest.mark.parametrize("margin", [1.0, 1.05, float("inf")])
+def test_close_candidates_are_confirmed_at_full_depth(prm, monkeypatch, margin):
+    """Each layout's fastest candidate of the shallow phase runs again through every layer; that run
+    overturns the shallow winner when another candidate runs CONFIRM_MARGIN times faster (1: any faster one
+    wins; infinite: the shallow winner always stays)."""
     monkeypatch.setattr(calibrate_module, "CALIBRATION_DEPTH", 1)
     monkeypatch.setattr(calibrate_module, "CONFIRM_WITHIN", float("inf"))  # always close enough
+    monkeypatch.setattr(calibrate_module, "CONFIRM_MARGIN", margin)
     record = calibrate(prm, progress=False, save=False)
     confirmed = [e for e in record["table"] if e["phase"] == "confirm"]
     shallow = sorted((e for e in record["table"] if e["phase"] == "layout"), key=lambda e: e["seconds"])
@@ -152,11 +166,13 @@ def test_close_candidates_are_confirmed_at_full_depth(prm, monkeypatch):
     for e in shallow:
         fastest.setdefault(e["layout"], (e["layout"], e["batch_tokens"]))
     assert [(e["layout"], e["batch_tokens"]) for e in confirmed] == list(fastest.values())
-    winner = min(confirmed, key=lambda e: e["seconds"])
-    assert (record["plan"]["layout"], record["plan"]["batch_tokens"]) == (
-        winner["layout"],
-        winner["batch_tokens"],
-    )
+    plan = (record["plan"]["layout"], record["plan"]["batch_tokens"])
+    assert plan == _winner(record)
+    if margin == 1.0:
+        best = min(confirmed, key=lambda e: e["seconds"])
+        assert plan == (best["layout"], best["batch_tokens"])
+    if margin == float("inf"):
+        assert plan == (shallow[0]["layout"], shallow[0]["batch_tokens"])
 
 
 def test_calibration_leaves_the_model_as_it_was(prm):

@@ -13,10 +13,14 @@ full depth on a 2-core AMD EPYC Zen 5):
    160-768 tokens) scored by the first :data:`CALIBRATION_DEPTH` layers of the backbone with the chosen
    route, for each candidate of :data:`LAYOUT_CANDIDATES`: cheap, and it rules out the clear losers.
 3. Confirmation: each layout's fastest candidate, where close to the fastest, once more through the
-   whole backbone, which decides (a shallow slice over-weights what does not grow with depth).
+   whole backbone, which overturns a clear shallow ranking (a shallow slice over-weights what does not grow
+   with depth).
 
-Then the hand-fused decoder layers (:mod:`fastprm.models.fused_layers`), where the backbone has them: the chosen
-plan with and without them through the whole backbone, on the same rows in turn; fused only when faster.
+Layouts are measured with the hand-fused decoder layers (:mod:`fastprm.models.fused_layers`) where the
+backbone has them, as they will most likely run (the unfused MLP's activations of large packed batches
+overflow the cache, which the fused layers' row slices avoid: measuring unfused ranked packed 8,192-token
+batches 17% behind one forward per row at full depth on an AMD EPYC Zen 5). Then the chosen plan with and
+without them through the whole backbone, on the same rows in turn; fused only when faster.
 
 ``torch.compile`` is measured only when asked (``include_compile``), through the whole backbone against the
 chosen eager plan on the same rows: compiling takes far longer than the rest of the calibration.
@@ -66,8 +70,11 @@ HEADER_TOKENS, PROMPT_TOKENS = 24, 96
 GEMM_ROWS = (512, 2048)
 # Each layout's fastest candidate on the shallow backbone (CONFIRM_COUNT layouts at most), where within
 # CONFIRM_WITHIN of the fastest, is measured again once at full depth, which decides (measured on an AMD EPYC Zen 5 at Qwen2.5-0.5B widths: the
-# shallow ranking put packed 1,024-token batches 6-8% ahead of one forward per row, and full depth reversed it).
-CONFIRM_COUNT, CONFIRM_WITHIN = 3, 1.2
+# shallow ranking put packed 1,024-token batches 6-8% ahead of one forward per row, and full depth reversed it)
+# when it ranks another candidate faster than the shallow winner by CONFIRM_MARGIN: one full-depth run moved
+# 5-10% between runs on that machine, and a 2% lead there (rows over packed) chose a plan that then scored
+# 10% slower.
+CONFIRM_COUNT, CONFIRM_WITHIN, CONFIRM_MARGIN = 3, 1.2, 1.05
 # Compilation is chosen only when it scores this much faster than eager: it costs seconds to minutes at
 # every start of a process, and smaller gains are within the noise of one calibration.
 COMPILE_MARGIN = 1.05
@@ -182,10 +189,12 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
         with shallow_backbone(prm.backbone, CALIBRATION_DEPTH) as depth:
             rate = _tokens_per_second(prm, route)
             layouts = _measure_layouts(
-                prm, route, LAYOUT_CANDIDATES, _workload(rate), REPEATS, "layout", bar.update
+                prm, route, fused_candidate, LAYOUT_CANDIDATES, _workload(rate), REPEATS, "layout", bar.update
             )
         table += layouts
-        best, confirmed = _confirm_at_full_depth(prm, route, layouts, rate, depth, bar.update)
+        best, confirmed = _confirm_at_full_depth(
+            prm, route, fused_candidate, layouts, rate, depth, bar.update
+        )
         table += confirmed
         plan = ScoringPlan(best["layout"], best["batch_tokens"], route)
         full_depth_tokens = _workload(rate * depth / prm.backbone.config.num_hidden_layers)
@@ -214,11 +223,12 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
 
 
 def _confirm_at_full_depth(
-    prm, route: str, layouts: list[dict], rate: float, depth: int, done: Callable[[], object]
+    prm, route: str, fused: bool, layouts: list[dict], rate: float, depth: int, done: Callable[[], object]
 ) -> tuple[dict, list[dict]]:
     """Phase 3: each layout's fastest shallow candidate, where within CONFIRM_WITHIN of the fastest, once
-    more through the whole backbone. Returns the winner's shallow entry and the full-depth entries (none when
-    the backbone is no deeper than the slice or one candidate is left)."""
+    more through the whole backbone; the shallow winner stays unless another runs CONFIRM_MARGIN times
+    faster there. Returns the winner's shallow entry and the full-depth entries (none when the backbone is no
+    deeper than the slice or one candidate is left)."""
     layers = prm.backbone.config.num_hidden_layers
     ranked = sorted(layouts, key=lambda r: r["seconds"])
     per_layout = [r for i, r in enumerate(ranked) if r["layout"] not in {q["layout"] for q in ranked[:i]}]
@@ -230,11 +240,13 @@ def _confirm_at_full_depth(
             done()
         return ranked[0], []
     candidates = [(r["layout"], r["batch_tokens"]) for r in finalists]
-    confirmed = _measure_layouts(prm, route, candidates, _workload(rate * depth / layers), 1, "confirm", done)
+    n_tokens = _workload(rate * depth / layers)
+    confirmed = _measure_layouts(prm, route, fused, candidates, n_tokens, 1, "confirm", done)
     for _ in range(CONFIRM_COUNT - len(confirmed)):
         done()
-    winner = min(range(len(confirmed)), key=lambda i: confirmed[i]["seconds"])
-    return finalists[winner], confirmed
+    fastest = min(range(len(confirmed)), key=lambda i: confirmed[i]["seconds"])
+    overturned = confirmed[fastest]["seconds"] * CONFIRM_MARGIN < confirmed[0]["seconds"]
+    return finalists[fastest if overturned else 0], confirmed
 
 
 def gemm_seconds(prm, routes: list[str], done: Callable[[], object] = lambda: None) -> dict[str, float]:
@@ -276,6 +288,7 @@ def _linear_flops(prm, rows: int) -> int:
 def _measure_layouts(
     prm,
     route: str,
+    fused: bool,
     candidates: Sequence[tuple[str, int]],
     n_tokens: int,
     repeats: int,
@@ -283,13 +296,14 @@ def _measure_layouts(
     done: Callable[[], object],
 ) -> list[dict]:
     """Best-of-``repeats`` seconds of each (layout, batch_tokens) candidate over one synthetic workload of
-    about ``n_tokens`` tokens; the candidates take turns, so drift hits them alike."""
+    about ``n_tokens`` tokens, with fused decoder layers or without; the candidates take turns, so drift hits
+    them alike."""
     from ..scoring import Scorer
 
     rows = calibration_rows(prm.backbone.config.vocab_size, n_tokens)
     tokens = sum(len(r.input_ids) for r in rows)
     scorers = [
-        Scorer(prm, layout=layout, batch_tokens=budget, gemm_route=route, compile=False, fused=False)
+        Scorer(prm, layout=layout, batch_tokens=budget, gemm_route=route, compile=False, fused=fused)
         for layout, budget in candidates
     ]
     best = [float("inf")] * len(scorers)
