@@ -4,8 +4,9 @@
 // Row r's queries are the tokens cu_seqlens[r] .. cu_seqlens[r + 1] of q; its keys and values are the tokens
 // prefix_spans[r] = (start, end) of the prefix tensors (keys of text before the row, computed earlier)
 // followed by the row's own tokens of k and v. Query i of a row with P prefix tokens sees keys 0 .. P + i.
-// Computed in fp32 whatever the storage dtype, blockwise with an online softmax, so a row's result depends on
-// that row's tokens only, never on the other rows of the call.
+// Computed in fp32 whatever the storage dtype (bf16 on AVX512-BF16: bf16 products, P rounded to bf16, fp32
+// sums), blockwise with an online softmax, so a row's result depends on that row's tokens only, never on the
+// other rows of the call.
 #pragma once
 
 #include <cstdint>

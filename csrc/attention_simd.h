@@ -16,6 +16,8 @@
 // the scores (kp [D/2, ldk]), of keys for the output (vp [ldk/2, D]), with P rounded to bf16 as
 // transformers' eager bf16 attention and torch's CPU flash attention do; twice the products per instruction
 // of fp32 FMAs. The scores are exact products summed in fp32, scaled afterwards; the softmax stays fp32.
+// Such an R also has pairs (load 16 pairs), dot (vdpbf16ps with a broadcast pair), first_of_pairs and
+// to_pairs (round two fp32 vectors to 16 pairs).
 #pragma once
 
 #include <algorithm>

@@ -69,8 +69,9 @@ def varlen_attention(
 
     Returns:
         [N, Hq, D] in q's dtype. Row b's query i attends to its prefix span and its own tokens 0 .. i; a row's
-        result never depends on the other rows. Computed by the C++ kernel (fp32 accumulation) on CPU when no
-        gradient is needed, else by :func:`varlen_attention_reference`.
+        result never depends on the other rows. Computed by the C++ kernel (fp32 accumulation; bf16 products
+        and probabilities for bf16 inputs on AVX512-BF16 CPUs) on CPU when no gradient is needed, else by
+        :func:`varlen_attention_reference`.
     """
     _check(q, k, v, cu_seqlens, prefix_k, prefix_v, prefix_spans)
     if kernel_applies(q, k, v, prefix_k, prefix_v):
