@@ -29,6 +29,9 @@ def test_sigint_mid_run_leaves_no_output(qwen_prm_dir, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # Ctrl-C's default action, whatever this suite inherited: a shell without job control starts
+        # background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt handler.
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 180
@@ -50,3 +53,7 @@ def test_sigint_mid_run_leaves_no_output(qwen_prm_dir, tmp_path):
     written = [json.loads(line) for line in partial.read_text().splitlines()]
     assert 0 < len(written) < len(rows) and len(written) % 4 == 0  # whole chunks
     assert [r["id"] for r in written] == list(range(len(written)))
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
