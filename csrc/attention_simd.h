@@ -101,10 +101,10 @@ class Attention {
     for (int64_t j = 0; j < Lk; ++j) {
       const bool in_prefix = j < P;
       const int64_t token = in_prefix ? a.prefix_spans[2 * r] + j : start + j - P;
-      const T* kp = at(in_prefix ? a.prefix_k : a.k, token, h);
-      const T* vp = at(in_prefix ? a.prefix_v : a.v, token, h);
-      for (int d = 0; d < D; ++d) kt[d * ldk + j] = R::scalar(kp[d]);
-      for (int d = 0; d < D; d += W) V::store(&vc[j * D + d], R::load(vp + d));
+      const T* key = at(in_prefix ? a.prefix_k : a.k, token, h);
+      const T* value = at(in_prefix ? a.prefix_v : a.v, token, h);
+      for (int d = 0; d < D; ++d) kt[d * ldk + j] = R::scalar(key[d]);
+      for (int d = 0; d < D; d += W) V::store(&vc[j * D + d], R::load(value + d));
     }
   }
 
@@ -120,9 +120,9 @@ class Attention {
       const int64_t token = in_prefix ? a.prefix_spans[2 * r] + j : start + j - P;
       std::memcpy(key.data(), at(in_prefix ? a.prefix_k : a.k, token, h), D * sizeof(T));
       for (int d = 0; d < pairs; ++d) kp[d * ldk + j] = key[d];
-      const T* vj = at(in_prefix ? a.prefix_v : a.v, token, h);
+      const T* value = at(in_prefix ? a.prefix_v : a.v, token, h);
       uint16_t* row = v16 + (j / 2) * 2 * D + (j % 2);  // keys 2i, 2i + 1 of a dim side by side
-      for (int d = 0; d < D; ++d) row[2 * d] = vj[d];
+      for (int d = 0; d < D; ++d) row[2 * d] = value[d];
     }
   }
 

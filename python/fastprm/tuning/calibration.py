@@ -5,7 +5,7 @@ its BLAS uses them, cache sizes), the thread count, the torch build and the mode
 measures instead of assuming, as autotuners do (Triton's autotune, oneDNN's primitive cache): once per
 :func:`calibration_key`, the result cached on disk (:mod:`.plan`).
 
-Three phases, bounded to seconds (about 3 s for a 4-layer tiny model, 15-25 s at Qwen2.5-0.5B widths and
+Three phases, bounded to seconds (about 3 s for a 4-layer tiny model, 15-35 s at Qwen2.5-0.5B widths and
 full depth on a 2-core AMD EPYC Zen 5):
 
 1. GEMM route: the backbone's own linear layers at 512 and 2048 rows, each route in turn.
