@@ -252,6 +252,8 @@ def test_calibration_measures_fused_layers(qwen_prm_dir):
     record = calibrate(prm, progress=False, save=False)
     (entry,) = [e for e in record["table"] if e["phase"] == "fused"]
     assert entry["seconds"] > 0 and entry["unfused_seconds"] > 0
+    layouts = [e for e in record["table"] if e["phase"] in ("layout", "confirm")]
+    assert layouts and all(e["fused"] for e in layouts)  # measured as they will run
     assert record["plan"]["fused"] == (entry["seconds"] * 1.02 < entry["unfused_seconds"])
     assert record["key"]["plan_format"] == 2
     assert all("forward" not in layer.__dict__ for layer in prm.backbone.layers)

@@ -42,7 +42,7 @@ def calibration_table(record: dict) -> str:
     lines += [
         "",
         f"Layout ({layouts[0]['tokens']} synthetic tokens through the first {record['depth']} layers, "
-        f"{plan['gemm_route']} GEMMs):",
+        f"{plan['gemm_route']} GEMMs{', fused layers' if layouts[0].get('fused') else ''}):",
     ]
     lines += [_candidate_line(entry, plan, chosen_here=not confirmed) for entry in layouts]
     if confirmed:

@@ -69,11 +69,11 @@ STEP_TOKENS = 48
 HEADER_TOKENS, PROMPT_TOKENS = 24, 96
 GEMM_ROWS = (512, 2048)
 # Each layout's fastest candidate on the shallow backbone (CONFIRM_COUNT layouts at most), where within
-# CONFIRM_WITHIN of the fastest, is measured again once at full depth, which decides (measured on an AMD EPYC Zen 5 at Qwen2.5-0.5B widths: the
-# shallow ranking put packed 1,024-token batches 6-8% ahead of one forward per row, and full depth reversed it)
-# when it ranks another candidate faster than the shallow winner by CONFIRM_MARGIN: one full-depth run moved
-# 5-10% between runs on that machine, and a 2% lead there (rows over packed) chose a plan that then scored
-# 10% slower.
+# CONFIRM_WITHIN of the fastest, is measured again once at full depth (a shallow slice can misrank: on an AMD
+# EPYC Zen 5 at Qwen2.5-0.5B widths it put packed 1,024-token batches 6-8% ahead of one forward per row, and
+# full depth reversed it). That run overturns the shallow winner only when another candidate runs
+# CONFIRM_MARGIN times faster: one full-depth run moved 5-10% between runs there, and a 2% lead (rows over
+# packed) had chosen a plan that then scored 10% slower.
 CONFIRM_COUNT, CONFIRM_WITHIN, CONFIRM_MARGIN = 3, 1.2, 1.05
 # Compilation is chosen only when it scores this much faster than eager: it costs seconds to minutes at
 # every start of a process, and smaller gains are within the noise of one calibration.
@@ -322,6 +322,7 @@ def _measure_layouts(
             "layout": layout,
             "batch_tokens": budget,
             "gemm_route": route,
+            "fused": fused,
             "tokens": tokens,
             "seconds": seconds,
             "tokens_per_s": tokens / seconds,
