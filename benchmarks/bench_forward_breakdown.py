@@ -25,44 +25,48 @@ import torch
 
 from bench_score import cpu_results_name, load_rows
 from common import markdown_table, write_results
+from fastprm.machine import cpu_description
 from fastprm.models import PRM, fused_layers, onednn_linear
 from fastprm.scoring import Scorer
 
 
-def timed(owner: object, name: str, part: str, totals: collections.Counter, flops: Callable | None = None):
-    """Replaces ``owner.name`` with a wrapper adding its seconds (and FLOPs) to ``totals[part]``."""
-    inner = getattr(owner, name)
+class Timers:
+    """Seconds and FLOPs per part, added up by the wrappers :meth:`wrap` puts in place."""
 
-    @functools.wraps(inner)
-    def wrapper(*args, **kwargs):
-        begin = time.perf_counter()
-        out = inner(*args, **kwargs)
-        totals[part] += time.perf_counter() - begin
-        if flops is not None:
-            totals[part + " flops"] += flops(args, out)
-        return out
+    def __init__(self) -> None:
+        self.seconds: collections.Counter = collections.Counter()
+        self.flops: collections.Counter = collections.Counter()
 
-    setattr(owner, name, wrapper)
+    def wrap(self, owner: object, name: str, part: str, flops: Callable | None = None) -> None:
+        """Replaces ``owner.name`` with a wrapper adding its seconds (and ``flops(args, out)``) to ``part``."""
+        inner = getattr(owner, name)
+
+        @functools.wraps(inner)
+        def wrapper(*args, **kwargs):
+            begin = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self.seconds[part] += time.perf_counter() - begin
+            if flops is not None:
+                self.flops[part] += flops(args, out)
+            return out
+
+        setattr(owner, name, wrapper)
 
 
-def instrument(totals: collections.Counter) -> None:
+def instrument(timers: Timers) -> None:
     """Timers on the parts of a fused layer; each GEMM's FLOPs are 2 x rows x in x out."""
-    timed(fused_layers, "rms_norm_cpu", "rms_norm", totals)
-    timed(fused_layers, "rotary_cpu_", "rotary", totals)
-    timed(fused_layers.varlen_attention, "varlen_attention", "attention", totals)
-    timed(
-        fused_layers,
-        "_linear",
-        "qkv GEMM",
-        totals,
-        lambda a, out: 2 * a[0].shape[0] * a[0].shape[1] * out.shape[1],
+    timers.wrap(fused_layers, "rms_norm_cpu", "rms_norm")
+    timers.wrap(fused_layers, "rotary_cpu_", "rotary")
+    timers.wrap(fused_layers.varlen_attention, "varlen_attention", "attention")
+    timers.wrap(
+        fused_layers, "_linear", "qkv GEMM", lambda a, out: 2 * a[0].shape[0] * a[0].shape[1] * out.shape[1]
     )
-    timed(
-        fused_layers._Merged, "swiglu", "gate/up GEMMs + SwiGLU post-ops", totals,
+    timers.wrap(
+        fused_layers._Merged, "swiglu", "gate/up GEMMs + SwiGLU post-ops",
         lambda a, out: 4 * a[1].shape[0] * a[1].shape[1] * out.shape[1],
     )  # fmt: skip
-    timed(
-        onednn_linear, "linear", "o_proj + down_proj GEMMs", totals,
+    timers.wrap(
+        onednn_linear, "linear", "o_proj + down_proj GEMMs",
         lambda a, out: 2 * out.numel() // out.shape[-1] * a[0].in_features * a[0].out_features,
     )  # fmt: skip
 
@@ -78,7 +82,9 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     if not onednn_linear.available(dtype):
-        sys.exit(f"bench_forward_breakdown: torch's oneDNN runs no {args.dtype} GEMMs on this CPU")
+        sys.exit(
+            f"bench_forward_breakdown: torch's oneDNN runs no {args.dtype} GEMMs on {cpu_description()[0]}"
+        )
     prm = PRM.from_pretrained(Path(args.model), dtype=dtype)
     scorer = Scorer(
         prm,
@@ -92,25 +98,24 @@ def main() -> None:
     tokenized = scorer.tokenizer(problems, solutions)
     tokens = sum(len(t.input_ids) for t in tokenized)
     scorer.score_tokenized(tokenized[:2])  # first-call costs: weight packing, primitives
-    totals: collections.Counter = collections.Counter()
-    instrument(totals)
-    best: tuple[float, collections.Counter] | None = None
+    timers = Timers()
+    instrument(timers)
+    best: tuple[float, dict[str, float], dict[str, int]] | None = None
     for _ in range(args.repeats):
-        totals.clear()
+        timers.seconds.clear()
+        timers.flops.clear()
         begin = time.perf_counter()
         scorer.score_tokenized(tokenized)
         seconds = time.perf_counter() - begin
         if best is None or seconds < best[0]:
-            best = (seconds, collections.Counter(totals))
-    seconds, parts = best
+            best = (seconds, dict(timers.seconds), dict(timers.flops))
+    seconds, parts, flops = best
+    parts["other"] = seconds - sum(parts.values())
     rows = []
-    for part in [p for p in parts if not p.endswith(" flops")] + ["other"]:
-        spent = (
-            parts[part] if part != "other" else seconds - sum(v for p, v in parts.items() if "flops" not in p)
-        )
+    for part, spent in parts.items():
         row = {"part": part, "seconds": spent, "share": spent / seconds}
-        if parts[part + " flops"]:
-            row["gflops"] = parts[part + " flops"] / spent / 1e9
+        if part in flops:
+            row["gflops"] = flops[part] / spent / 1e9
         rows.append(row)
     rows.sort(key=lambda r: -r["seconds"])
     head = (
@@ -119,7 +124,7 @@ def main() -> None:
     )
     table = markdown_table(rows, ["part", "seconds", "share", "gflops"])
     print(head + "\n\n" + table)
-    name = f"{cpu_results_name().replace('bench_score', 'bench_forward_breakdown')}_{Path(args.model).name}_{args.dtype}"
+    name = f"{cpu_results_name('bench_forward_breakdown')}_{Path(args.model).name}_{args.dtype}"
     command = "python benchmarks/bench_forward_breakdown.py " + " ".join(sys.argv[1:])
     path = write_results(name, command, rows, head + "\n\n" + table, {"tokens": tokens, "seconds": seconds})
     print(f"wrote {path}")

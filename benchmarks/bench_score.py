@@ -585,12 +585,12 @@ def merged_with_earlier(name: str, rows: list[dict], calibrations: dict, command
     return kept + rows, {**earlier.get("calibrations", {}), **calibrations}, commands
 
 
-def cpu_results_name() -> str:
-    """One results file per CPU model: bench_score_<model>.md / .json."""
+def cpu_results_name(benchmark: str = "bench_score") -> str:
+    """One results file per CPU model: <benchmark>_<model>.md / .json."""
     from fastprm.machine import cpu_description
 
     name = cpu_description()[0].lower()
-    return "bench_score_" + "-".join("".join(c if c.isalnum() else " " for c in name).split())
+    return f"{benchmark}_" + "-".join("".join(c if c.isalnum() else " " for c in name).split())
 
 
 if __name__ == "__main__":
