@@ -26,6 +26,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "attention.h"
@@ -94,15 +95,19 @@ class Attention {
         query_block(h * G + g, start + i0, static_cast<int>(std::min<int64_t>(kBlockQ, T_ - i0)), P + i0, ldk);
   }
 
+  // Key j of row r (its P prefix keys, then its own from token `start`) of kv head h: (key, value) rows.
+  std::pair<const T*, const T*> key_value(int64_t r, int h, int64_t P, int64_t start, int64_t j) const {
+    const bool in_prefix = j < P;
+    const int64_t token = in_prefix ? a.prefix_spans[2 * r] + j : start + j - P;
+    return {at(in_prefix ? a.prefix_k : a.k, token, h), at(in_prefix ? a.prefix_v : a.v, token, h)};
+  }
+
   void widen_keys_values(int64_t r, int h, int64_t P, int64_t start, int64_t Lk, int64_t ldk) {
     if constexpr (kPairs) return pair_keys_values(r, h, P, start, Lk, ldk);
     kt.assign(static_cast<size_t>(D) * ldk, 0.f);
     vc.assign(static_cast<size_t>(ldk) * D, 0.f);
     for (int64_t j = 0; j < Lk; ++j) {
-      const bool in_prefix = j < P;
-      const int64_t token = in_prefix ? a.prefix_spans[2 * r] + j : start + j - P;
-      const T* key = at(in_prefix ? a.prefix_k : a.k, token, h);
-      const T* value = at(in_prefix ? a.prefix_v : a.v, token, h);
+      const auto [key, value] = key_value(r, h, P, start, j);
       for (int d = 0; d < D; ++d) kt[d * ldk + j] = R::scalar(key[d]);
       for (int d = 0; d < D; d += W) V::store(&vc[j * D + d], R::load(value + d));
     }
@@ -116,11 +121,9 @@ class Attention {
     uint16_t* v16 = reinterpret_cast<uint16_t*>(vp.data());
     std::vector<uint32_t> key(pairs);
     for (int64_t j = 0; j < Lk; ++j) {
-      const bool in_prefix = j < P;
-      const int64_t token = in_prefix ? a.prefix_spans[2 * r] + j : start + j - P;
-      std::memcpy(key.data(), at(in_prefix ? a.prefix_k : a.k, token, h), D * sizeof(T));
+      const auto [k_row, value] = key_value(r, h, P, start, j);
+      std::memcpy(key.data(), k_row, D * sizeof(T));
       for (int d = 0; d < pairs; ++d) kp[d * ldk + j] = key[d];
-      const T* value = at(in_prefix ? a.prefix_v : a.v, token, h);
       uint16_t* row = v16 + (j / 2) * 2 * D + (j % 2);  // keys 2i, 2i + 1 of a dim side by side
       for (int d = 0; d < D; ++d) row[2 * d] = value[d];
     }
