@@ -22,6 +22,7 @@
 #include "layer_ops.h"
 #include "row_ops.h"
 #include "score_steps.h"
+#include "swiglu_gemm.h"
 
 namespace py = pybind11;
 using namespace fastprm;
@@ -512,6 +513,61 @@ void rotary_op(py::handle x, py::handle cos, py::handle sin, int threads) {
   py::gil_scoped_release release;
   layer_ops(g_isa).rotary(args);
 }
+
+// A 2-D bf16 tensor for the SwiGLU GEMM: its last dimension contiguous.
+TensorArg bf16_matrix(py::handle t, const char* name) {
+  const TensorArg a = tensor_arg(t, name, 2);
+  if (a.kind != Kind::bf16) fail(std::string(name) + " must be bfloat16");
+  row_matrix(a, name);
+  return a;
+}
+
+void require_swiglu_gemm() {
+  if (g_isa == Isa::avx512_bf16) return;
+  fail("the SwiGLU GEMM needs AVX512-BF16 (selected ISA: " + std::string(isa_name(g_isa)) + ")");
+}
+
+py::object swiglu_gemm_pack_op(py::handle gate, py::handle up) {
+  require_swiglu_gemm();
+  const TensorArg ga = bf16_matrix(gate, "gate"), ua = bf16_matrix(up, "up");
+  if (ua.size[0] != ga.size[0] || ua.size[1] != ga.size[1]) fail("up must have gate's shape [I, K]");
+  if (ga.size[0] < 1 || ga.size[1] < 1) fail("gate must be [I, K] with I, K >= 1");
+  SwigluGemmPackArgs args{ga.size[0], ga.size[1], reinterpret_cast<const uint16_t*>(ga.data),
+                          reinterpret_cast<const uint16_t*>(ua.data), ga.stride[0], ua.stride[0], nullptr};
+  py::array packed = float_output(Kind::bf16, {static_cast<py::ssize_t>(swiglu_gemm_packed_size(args.intermediate, args.hidden))});
+  args.packed = static_cast<uint16_t*>(packed.mutable_data());
+#if defined(__x86_64__) || defined(_M_X64)
+  {
+    py::gil_scoped_release release;
+    avx512::swiglu_gemm_pack(args);
+  }
+#endif
+  return float_tensor(packed, Kind::bf16);
+}
+
+py::object swiglu_gemm_op(py::handle x, py::handle packed, int64_t intermediate, int64_t hidden, int threads) {
+  require_swiglu_gemm();
+  const TensorArg xa = bf16_matrix(x, "x");
+  if (intermediate < 1 || hidden < 1) fail("intermediate and hidden must be >= 1");
+  if (xa.size[1] != hidden) fail("x must be [M, hidden] = [M, " + std::to_string(hidden) + "], got [" +
+                                 std::to_string(xa.size[0]) + ", " + std::to_string(xa.size[1]) + "]");
+  const TensorArg pa = tensor_arg(packed, "packed", 1);
+  if (pa.kind != Kind::bf16 || (pa.size[0] > 1 && pa.stride[0] != 1)) fail("packed must be a contiguous bfloat16 vector");
+  if (pa.size[0] != swiglu_gemm_packed_size(intermediate, hidden))
+    fail("packed does not hold [" + std::to_string(intermediate) + ", " + std::to_string(hidden) +
+         "] weights (pack them with swiglu_gemm_pack)");
+  SwigluGemmArgs args{xa.size[0], intermediate, hidden, reinterpret_cast<const uint16_t*>(xa.data), xa.stride[0],
+                      reinterpret_cast<const uint16_t*>(pa.data), nullptr, std::max(1, threads)};
+  py::array out = float_output(Kind::bf16, {xa.size[0], static_cast<py::ssize_t>(intermediate)});
+  args.out = static_cast<uint16_t*>(out.mutable_data());
+#if defined(__x86_64__) || defined(_M_X64)
+  if (args.rows > 0) {
+    py::gil_scoped_release release;
+    avx512::swiglu_gemm(args);
+  }
+#endif
+  return float_tensor(out, Kind::bf16);
+}
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -552,4 +608,10 @@ PYBIND11_MODULE(_C, m) {
         "silu(gate) * up [N, I] of a merged gate/up projection [N, 2I]");
   m.def("rotary", &rotary_op, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("threads"),
         "Rotary embedding (transformers' half-rotation layout) of x [tokens, heads, head_dim] in place");
+  m.def("swiglu_gemm_supported", [] { return g_isa == Isa::avx512_bf16; },
+        "Whether the selected ISA runs the SwiGLU GEMM (AVX512-BF16)");
+  m.def("swiglu_gemm_pack", &swiglu_gemm_pack_op, py::arg("gate"), py::arg("up"),
+        "Gate and up weights [I, K] bf16 packed for swiglu_gemm (a bf16 vector)");
+  m.def("swiglu_gemm", &swiglu_gemm_op, py::arg("x"), py::arg("packed"), py::arg("intermediate"), py::arg("hidden"),
+        py::arg("threads"), "silu(x Wg^T) * (x Wu^T) [M, I] bf16 of x [M, K] bf16 and packed weights, rounded once");
 }

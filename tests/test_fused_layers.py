@@ -1,9 +1,10 @@
 """Hand-fused decoder layers (fastprm.models.fused_layers) against transformers' own layer forward.
 
 fp32 results agree within 1e-5; bf16 ones within two units of bf16's last place (the kernels round where
-transformers rounds, so in practice they agree bit for bit on these models), except under the oneDNN route,
-whose SwiGLU runs in the GEMMs' post-ops and rounds less: there both bf16 forwards are held against the fp32
-forward of the same weights, and the fused one must be as close to it as transformers' is. Covered: Qwen2, Llama (with
+transformers rounds, so in practice they agree bit for bit on these models), except where the SwiGLU rounds
+less: in the oneDNN route's GEMM post-ops, and in fastprm's SwiGLU GEMM (bf16 MLPs without biases on CPUs with
+AVX512-BF16, any route). There both bf16 forwards are held against the fp32 forward of the same weights, and
+the fused one must be as close to it as transformers' is. Covered: Qwen2, Llama (with
 attention and MLP biases) and Mistral, with and without the step-row last layer, packed rows, one row after a
 prefix cache, packed rows after per-row prefix spans (sessions), every GEMM route, batch composition, autograd
 (the fused path is off) and Qwen3 (left unfused).
@@ -71,7 +72,9 @@ def test_fused_equals_transformers(name, dtype):
             assert calls.call_count == 2 * layers
             want = prm.hidden_states(b.input_ids, **kw)
             want_at_rows = prm.step_hidden_states(b.input_ids, b.step_index, **kw)
-            if dtype == torch.bfloat16 and route == "onednn":
+            mlp = prm.backbone.layers[0].mlp
+            rounds_once = route == "onednn" or fl.own_swiglu_gemm(mlp.gate_proj, mlp.up_proj)
+            if dtype == torch.bfloat16 and rounds_once:
                 exact = _prm(BACKBONES[name], torch.float32)
                 reference = exact.hidden_states(b.input_ids, position_ids=b.position_ids)
                 _as_close_as(full, want, reference)
@@ -87,6 +90,36 @@ def _as_close_as(got: torch.Tensor, want: torch.Tensor, exact: torch.Tensor) -> 
     got_err, want_err = ((t.float() - exact).abs() for t in (got, want))
     assert got_err.max() <= want_err.max() * 1.25, (got_err.max(), want_err.max())
     assert got_err.mean() <= want_err.mean() + 2**-10, (got_err.mean(), want_err.mean())
+
+
+def test_swiglu_gemm_where_the_cpu_has_it():
+    """bf16 MLPs without biases run fastprm's SwiGLU GEMM on an ISA with AVX512-BF16 and the route's GEMMs on
+    any other; the merged weights follow a change of the selected ISA (tests pin each), and the kernel's
+    forward is as close to the fp32 forward as the other ISAs' are."""
+    prm = _prm(BACKBONES["qwen2"], torch.bfloat16)
+    biased = _prm(BACKBONES["llama"], torch.bfloat16)
+    b = pack_rows(ROWS, ENDS)
+    results = {}
+    before = _native.native.selected_isa()
+    try:
+        for isa in _native.available_isas():
+            _native.native.set_isa(isa)
+            with torch.inference_mode():
+                results[isa] = prm.hidden_states(b.input_ids, position_ids=b.position_ids, fused=True)
+                biased.hidden_states(b.input_ids, position_ids=b.position_ids, fused=True)
+            own = isa == "avx512_bf16" and "amx_bf16" not in fl.cpu_description()[1]
+            for model, expected in ((prm, own), (biased, False)):
+                merged = fl.merged_weights(model.backbone.layers[0], packed=False)
+                assert (merged.swiglu_weights is not None) == expected, (
+                    isa,
+                    model.backbone.config.model_type,
+                )
+    finally:
+        _native.native.set_isa(before)
+    exact = _prm(BACKBONES["qwen2"]).hidden_states(b.input_ids, position_ids=b.position_ids)
+    if "avx512_bf16" in results:
+        for isa, other in results.items():
+            _as_close_as(results["avx512_bf16"], other, exact)
 
 
 def test_padded_rows():

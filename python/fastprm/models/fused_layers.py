@@ -44,10 +44,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..machine import cpu_description
 from ..ops.native_layer_ops import kernel_applies
 from ..ops.rms_norm.cpu import rms_norm_cpu
 from ..ops.rotary.cpu import rotary_cpu_
 from ..ops.silu_mul.cpu import silu_mul_cpu
+from ..ops.swiglu_gemm.api import PackedGateUp, pack_gate_up
+from ..ops.swiglu_gemm.cpu import swiglu_gemm_cpu, swiglu_gemm_supported
 from . import onednn_linear, varlen_attention
 from .step_rows import rows_of
 
@@ -65,7 +68,8 @@ MLP_CHUNK_BYTES = 8 << 20
 @dataclass
 class _Merged:
     """A layer's merged projections: qkv [(Hq + 2 Hkv) D, H], and gate_up [2I, H] (plain), or gate and up
-    [I, H] each (oneDNN-packed, see :meth:`swiglu`)."""
+    [I, H] each (oneDNN-packed), or neither when the gate and up weights are packed for fastprm's SwiGLU GEMM
+    (``swiglu_weights``; see :meth:`swiglu`)."""
 
     key: tuple
     qkv: torch.Tensor
@@ -73,9 +77,13 @@ class _Merged:
     gate_up: tuple[torch.Tensor, ...]
     gate_up_bias: tuple[torch.Tensor | None, ...]
     packed: bool
+    swiglu_weights: PackedGateUp | None = None
 
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         """SiLU(x gate^T + b_gate) * (x up^T + b_up): [N, H] -> [N, I], in ``x``'s dtype."""
+        if self.swiglu_weights is not None:
+            w = self.swiglu_weights
+            return swiglu_gemm_cpu(x, w.packed, w.intermediate, w.hidden)
         if self.packed:
             (gate_w, up_w), (gate_b, up_b) = self.gate_up, self.gate_up_bias
             gate = torch.ops.mkldnn._linear_pointwise(x, gate_w, gate_b, "swish", [], "")
@@ -129,27 +137,45 @@ def _concat(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None
     return weight, torch.cat(biases)
 
 
+def own_swiglu_gemm(gate: nn.Linear, up: nn.Linear) -> bool:
+    """Whether the MLP's gate and up GEMMs run as fastprm's SwiGLU GEMM (:func:`fastprm.ops.swiglu_gemm`):
+    bf16 weights without biases, on a CPU with AVX512-BF16 but no AMX. Where AMX is, oneDNN's AMX tiles
+    out-run the kernel's AVX-512 dot products, so the GEMM route's kernels stay."""
+    return (
+        gate.weight.dtype == up.weight.dtype == torch.bfloat16
+        and gate.bias is None
+        and up.bias is None
+        and swiglu_gemm_supported()
+        and "amx_bf16" not in cpu_description()[1]
+    )
+
+
 def merged_weights(layer: nn.Module, packed: bool) -> _Merged:
     """The layer's merged QKV and gate/up weights, built on first use and rebuilt when a projection's weight
     or bias changes (training, ``load_state_dict``: keyed by data pointer, version, dtype and shape) or the
     GEMM route switches between plain and oneDNN-packed weights."""
     qkv, gate_up = _projections(layer)
+    own = own_swiglu_gemm(*gate_up)  # part of the key: the selected CPU ISA can change (tests pin each)
     params = [p for m in qkv + gate_up for p in (m.weight, m.bias) if p is not None]
-    key = (packed, *((p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for p in params))
+    key = (packed, own, *((p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for p in params))
     cached = _merged.get(layer)
     if cached is not None and cached.key == key:
         return cached
     qkv_w, qkv_b = _concat(qkv)
-    if packed:
-        qkv_w = _pack(qkv_w)
+    swiglu_weights, gu_w, gu_b = None, (), ()
+    if own:
+        swiglu_weights = pack_gate_up(gate_up[0].weight, gate_up[1].weight)
+    elif packed:
         gu_w = tuple(_pack(m.weight.detach()) for m in gate_up)
         gu_b = tuple(None if m.bias is None else m.bias.detach() for m in gate_up)
-        for m in qkv + gate_up:  # the packed copies of the module route are no longer read
-            onednn_linear.forget(m)
     else:
         merged_gate_up, merged_bias = _concat(gate_up)
         gu_w, gu_b = (merged_gate_up,), (merged_bias,)
-    cached = _Merged(key, qkv_w, qkv_b, gu_w, gu_b, packed)
+    if packed:
+        qkv_w = _pack(qkv_w)
+        for m in qkv + gate_up:  # the packed copies of the module route are no longer read
+            onednn_linear.forget(m)
+    cached = _Merged(key, qkv_w, qkv_b, gu_w, gu_b, packed, swiglu_weights)
     _merged[layer] = cached
     return cached
 
