@@ -514,59 +514,71 @@ void rotary_op(py::handle x, py::handle cos, py::handle sin, int threads) {
   layer_ops(g_isa).rotary(args);
 }
 
-// A 2-D bf16 tensor for the SwiGLU GEMM: its last dimension contiguous.
-TensorArg bf16_matrix(py::handle t, const char* name) {
+// Whether the selected ISA runs the SwiGLU GEMM in this float kind: fp32 on AVX-512, bf16 on AVX512-BF16.
+bool swiglu_gemm_runs(Kind kind) {
+  if (kind == Kind::f32) return g_isa == Isa::avx512 || g_isa == Isa::avx512_bf16;
+  return kind == Kind::bf16 && g_isa == Isa::avx512_bf16;
+}
+
+std::vector<std::string> swiglu_gemm_dtypes() {
+  std::vector<std::string> names;
+  for (Kind kind : {Kind::f32, Kind::bf16})
+    if (swiglu_gemm_runs(kind)) names.push_back(kind == Kind::f32 ? "float32" : "bfloat16");
+  return names;
+}
+
+// A 2-D fp32 / bf16 tensor for the SwiGLU GEMM that the selected ISA runs, its last dimension contiguous.
+TensorArg swiglu_matrix(py::handle t, const char* name) {
   const TensorArg a = tensor_arg(t, name, 2);
-  if (a.kind != Kind::bf16) fail(std::string(name) + " must be bfloat16");
+  if (a.kind != Kind::f32 && a.kind != Kind::bf16) fail(std::string(name) + " must be float32 or bfloat16");
+  if (!swiglu_gemm_runs(a.kind))
+    fail(std::string("the SwiGLU GEMM needs ") + (a.kind == Kind::f32 ? "AVX-512" : "AVX512-BF16") +
+         " for this dtype (selected ISA: " + isa_name(g_isa) + ")");
   row_matrix(a, name);
   return a;
 }
 
-void require_swiglu_gemm() {
-  if (g_isa == Isa::avx512_bf16) return;
-  fail("the SwiGLU GEMM needs AVX512-BF16 (selected ISA: " + std::string(isa_name(g_isa)) + ")");
-}
-
 py::object swiglu_gemm_pack_op(py::handle gate, py::handle up) {
-  require_swiglu_gemm();
-  const TensorArg ga = bf16_matrix(gate, "gate"), ua = bf16_matrix(up, "up");
+  const TensorArg ga = swiglu_matrix(gate, "gate"), ua = swiglu_matrix(up, "up");
+  if (ua.kind != ga.kind) fail("up must have gate's dtype");
   if (ua.size[0] != ga.size[0] || ua.size[1] != ga.size[1]) fail("up must have gate's shape [I, K]");
   if (ga.size[0] < 1 || ga.size[1] < 1) fail("gate must be [I, K] with I, K >= 1");
-  SwigluGemmPackArgs args{ga.size[0], ga.size[1], reinterpret_cast<const uint16_t*>(ga.data),
-                          reinterpret_cast<const uint16_t*>(ua.data), ga.stride[0], ua.stride[0], nullptr};
-  py::array packed = float_output(Kind::bf16, {static_cast<py::ssize_t>(swiglu_gemm_packed_size(args.intermediate, args.hidden))});
-  args.packed = static_cast<uint16_t*>(packed.mutable_data());
+  const DType dtype = static_cast<DType>(ga.kind);
+  SwigluGemmPackArgs args{dtype, ga.size[0], ga.size[1], ga.data, ua.data, ga.stride[0], ua.stride[0], nullptr};
+  py::array packed = float_output(ga.kind, {static_cast<py::ssize_t>(swiglu_gemm_packed_size(dtype, ga.size[0], ga.size[1]))});
+  args.packed = packed.mutable_data();
 #if defined(__x86_64__) || defined(_M_X64)
   {
     py::gil_scoped_release release;
     avx512::swiglu_gemm_pack(args);
   }
 #endif
-  return float_tensor(packed, Kind::bf16);
+  return float_tensor(packed, ga.kind);
 }
 
 py::object swiglu_gemm_op(py::handle x, py::handle packed, int64_t intermediate, int64_t hidden, int threads) {
-  require_swiglu_gemm();
-  const TensorArg xa = bf16_matrix(x, "x");
+  const TensorArg xa = swiglu_matrix(x, "x");
   if (intermediate < 1 || hidden < 1) fail("intermediate and hidden must be >= 1");
   if (xa.size[1] != hidden) fail("x must be [M, hidden] = [M, " + std::to_string(hidden) + "], got [" +
                                  std::to_string(xa.size[0]) + ", " + std::to_string(xa.size[1]) + "]");
   const TensorArg pa = tensor_arg(packed, "packed", 1);
-  if (pa.kind != Kind::bf16 || (pa.size[0] > 1 && pa.stride[0] != 1)) fail("packed must be a contiguous bfloat16 vector");
-  if (pa.size[0] != swiglu_gemm_packed_size(intermediate, hidden))
+  if (pa.kind != xa.kind || (pa.size[0] > 1 && pa.stride[0] != 1))
+    fail("packed must be a contiguous vector of x's dtype");
+  const DType dtype = static_cast<DType>(xa.kind);
+  if (pa.size[0] != swiglu_gemm_packed_size(dtype, intermediate, hidden))
     fail("packed does not hold [" + std::to_string(intermediate) + ", " + std::to_string(hidden) +
          "] weights (pack them with swiglu_gemm_pack)");
-  SwigluGemmArgs args{xa.size[0], intermediate, hidden, reinterpret_cast<const uint16_t*>(xa.data), xa.stride[0],
-                      reinterpret_cast<const uint16_t*>(pa.data), nullptr, std::max(1, threads)};
-  py::array out = float_output(Kind::bf16, {xa.size[0], static_cast<py::ssize_t>(intermediate)});
-  args.out = static_cast<uint16_t*>(out.mutable_data());
+  SwigluGemmArgs args{dtype, xa.size[0], intermediate, hidden, xa.data, xa.stride[0], pa.data, nullptr,
+                      std::max(1, threads)};
+  py::array out = float_output(xa.kind, {xa.size[0], static_cast<py::ssize_t>(intermediate)});
+  args.out = out.mutable_data();
 #if defined(__x86_64__) || defined(_M_X64)
   if (args.rows > 0) {
     py::gil_scoped_release release;
     avx512::swiglu_gemm(args);
   }
 #endif
-  return float_tensor(out, Kind::bf16);
+  return float_tensor(out, xa.kind);
 }
 }  // namespace
 
@@ -608,10 +620,10 @@ PYBIND11_MODULE(_C, m) {
         "silu(gate) * up [N, I] of a merged gate/up projection [N, 2I]");
   m.def("rotary", &rotary_op, py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("threads"),
         "Rotary embedding (transformers' half-rotation layout) of x [tokens, heads, head_dim] in place");
-  m.def("swiglu_gemm_supported", [] { return g_isa == Isa::avx512_bf16; },
-        "Whether the selected ISA runs the SwiGLU GEMM (AVX512-BF16)");
+  m.def("swiglu_gemm_dtypes", &swiglu_gemm_dtypes,
+        "The dtypes the selected ISA runs the SwiGLU GEMM in (float32: AVX-512, bfloat16: AVX512-BF16)");
   m.def("swiglu_gemm_pack", &swiglu_gemm_pack_op, py::arg("gate"), py::arg("up"),
-        "Gate and up weights [I, K] bf16 packed for swiglu_gemm (a bf16 vector)");
+        "Gate and up weights [I, K] (fp32 or bf16) packed for swiglu_gemm (a vector of their dtype)");
   m.def("swiglu_gemm", &swiglu_gemm_op, py::arg("x"), py::arg("packed"), py::arg("intermediate"), py::arg("hidden"),
-        py::arg("threads"), "silu(x Wg^T) * (x Wu^T) [M, I] bf16 of x [M, K] bf16 and packed weights, rounded once");
+        py::arg("threads"), "silu(x Wg^T) * (x Wu^T) [M, I] of x [M, K] and packed weights, rounded once to x's dtype");
 }

@@ -1,45 +1,55 @@
-// The first half of a SwiGLU MLP as one GEMM with the activation in its epilogue, for CPUs with AVX512-BF16:
+// The first half of a SwiGLU MLP as one GEMM with the activation in its epilogue, on CPUs with AVX-512:
 //
-//   out [M, I] = bf16( silu(x Wg^T) * (x Wu^T) )      x [M, K], Wg and Wu [I, K], all bf16
+//   out [M, I] = silu(x Wg^T) * (x Wu^T)      x [M, K], Wg and Wu [I, K], all fp32 or all bf16
 //
-// Each product of two bf16 values is exact in fp32; vdpbf16ps sums them in pairs into fp32 accumulators, and
-// the gate and up sums of a column stay in registers until SiLU and the product, which are rounded once. So
-// the [M, I] gate and up outputs are never written (oneDNN's post-op route writes the gate output and reads
-// it back in the up GEMM), and the result is closer to the fp32 math than transformers' three roundings.
+// The gate and up sums of a column stay in fp32 registers until SiLU and the product, which are rounded once
+// to the dtype: the [M, I] gate and up outputs are never written (oneDNN's post-op route writes the gate
+// output and reads it back in the up GEMM). bf16 (AVX512-BF16): each product of two bf16 values is exact in
+// fp32 and vdpbf16ps sums them in pairs, so the result is closer to the fp32 math than transformers' three
+// roundings (after each GEMM and after SiLU). fp32: FMAs.
 //
-// The weights are packed once (swiglu_gemm_pack): per block of 16 output columns, per pair of inputs k, the
-// 16 gate pairs then the 16 up pairs, zero-padded to whole blocks and pairs.
+// The weights are packed once (swiglu_gemm_pack): per block of 16 output columns, per step of inputs (one
+// fp32 input, or a pair of bf16 ones), the 16 gate columns' inputs then the 16 up columns', zero-padded to
+// whole blocks and steps.
 #pragma once
 
 #include <cstdint>
 
+#include "row_ops.h"
+
 namespace fastprm {
 
 struct SwigluGemmPackArgs {
-  int64_t intermediate, hidden;        // I, K
-  const uint16_t* gate;                // [I, K] bf16, rows gate_stride elements apart, K contiguous
-  const uint16_t* up;                  // [I, K] likewise
+  DType dtype;                  // f32 or bf16, of the weights and the packed copy
+  int64_t intermediate, hidden;  // I, K
+  const void* gate;              // [I, K], rows gate_stride elements apart, K contiguous
+  const void* up;                // [I, K] likewise
   int64_t gate_stride, up_stride;
-  uint16_t* packed;                    // swiglu_gemm_packed_size(I, K) bf16
+  void* packed;  // swiglu_gemm_packed_size(dtype, I, K) elements
 };
 
 struct SwigluGemmArgs {
+  DType dtype;                         // f32 or bf16, of x, the packed weights and out
   int64_t rows, intermediate, hidden;  // M, I, K
-  const uint16_t* x;                   // [M, K] bf16, rows x_stride elements apart, K contiguous
+  const void* x;                       // [M, K], rows x_stride elements apart, K contiguous
   int64_t x_stride;
-  const uint16_t* packed;              // from swiglu_gemm_pack with the same I and K
-  uint16_t* out;                       // [M, I] contiguous bf16
+  const void* packed;  // from swiglu_gemm_pack with the same dtype, I and K
+  void* out;           // [M, I] contiguous
   int threads;
 };
 
-// Elements of the packed weights: ceil(I / 16) blocks x ceil(K / 2) pairs x (16 gate + 16 up) pairs.
-inline int64_t swiglu_gemm_packed_size(int64_t intermediate, int64_t hidden) {
-  return (intermediate + 15) / 16 * ((hidden + 1) / 2) * 64;
+// Inputs per step: a bf16 pair feeds one vdpbf16ps, an fp32 value one FMA.
+inline int64_t swiglu_gemm_step_inputs(DType dtype) { return dtype == DType::bf16 ? 2 : 1; }
+
+// Elements of the packed weights: ceil(I / 16) blocks x ceil(K / step) steps x (16 gate + 16 up) x step.
+inline int64_t swiglu_gemm_packed_size(DType dtype, int64_t intermediate, int64_t hidden) {
+  const int64_t step = swiglu_gemm_step_inputs(dtype);
+  return (intermediate + 15) / 16 * ((hidden + step - 1) / step) * 32 * step;
 }
 
 #if defined(__x86_64__) || defined(_M_X64)
 namespace avx512 {
-// Both need AVX512-BF16 (Isa::avx512_bf16).
+// fp32 needs AVX-512 (Isa::avx512), bf16 AVX512-BF16 (Isa::avx512_bf16).
 void swiglu_gemm_pack(const SwigluGemmPackArgs& args);
 void swiglu_gemm(const SwigluGemmArgs& args);
 }  // namespace avx512

@@ -92,12 +92,14 @@ def _as_close_as(got: torch.Tensor, want: torch.Tensor, exact: torch.Tensor) -> 
     assert got_err.mean() <= want_err.mean() + 2**-10, (got_err.mean(), want_err.mean())
 
 
-def test_swiglu_gemm_where_the_cpu_has_it():
-    """bf16 MLPs without biases run fastprm's SwiGLU GEMM on an ISA with AVX512-BF16 and the route's GEMMs on
-    any other; the merged weights follow a change of the selected ISA (tests pin each), and the kernel's
-    forward is as close to the fp32 forward as the other ISAs' are."""
-    prm = _prm(BACKBONES["qwen2"], torch.bfloat16)
-    biased = _prm(BACKBONES["llama"], torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_gemm_where_the_cpu_has_it(dtype):
+    """MLPs without biases run fastprm's SwiGLU GEMM on an ISA that has it in their dtype (fp32: AVX-512,
+    bf16: AVX512-BF16, without AMX) and the route's GEMMs on any other; the merged weights follow a change of
+    the selected ISA (tests pin each), and the kernel's forward is as close to the fp32 forward as the
+    others' are (fp32: within 1e-5)."""
+    prm = _prm(BACKBONES["qwen2"], dtype)
+    biased = _prm(BACKBONES["llama"], dtype)
     b = pack_rows(ROWS, ENDS)
     results = {}
     before = _native.native.selected_isa()
@@ -107,7 +109,10 @@ def test_swiglu_gemm_where_the_cpu_has_it():
             with torch.inference_mode():
                 results[isa] = prm.hidden_states(b.input_ids, position_ids=b.position_ids, fused=True)
                 biased.hidden_states(b.input_ids, position_ids=b.position_ids, fused=True)
-            own = isa == "avx512_bf16" and "amx_bf16" not in fl.cpu_description()[1]
+            if dtype == torch.float32:
+                own = isa in ("avx512", "avx512_bf16")
+            else:
+                own = isa == "avx512_bf16" and "amx_bf16" not in fl.cpu_description()[1]
             for model, expected in ((prm, own), (biased, False)):
                 merged = fl.merged_weights(model.backbone.layers[0], packed=False)
                 assert (merged.swiglu_weights is not None) == expected, (
@@ -117,9 +122,11 @@ def test_swiglu_gemm_where_the_cpu_has_it():
     finally:
         _native.native.set_isa(before)
     exact = _prm(BACKBONES["qwen2"]).hidden_states(b.input_ids, position_ids=b.position_ids)
-    if "avx512_bf16" in results:
-        for isa, other in results.items():
-            _as_close_as(results["avx512_bf16"], other, exact)
+    for got in results.values():
+        if dtype == torch.float32:
+            torch.testing.assert_close(got, exact, **TOL[dtype])
+        elif "avx512_bf16" in results:
+            _as_close_as(results["avx512_bf16"], got, exact)
 
 
 def test_padded_rows():

@@ -16,10 +16,10 @@ __all__ = ["PackedGateUp", "pack_gate_up", "swiglu_gemm", "swiglu_gemm_reference
 @dataclass(frozen=True)
 class PackedGateUp:
     """Gate and up weights packed for :func:`swiglu_gemm` (the kernel's layout: per 16 output columns, per
-    pair of inputs, 16 gate pairs then 16 up pairs).
+    step of inputs (one fp32 input, a pair of bf16 ones), the 16 gate columns' inputs then the 16 up ones').
 
     Attributes:
-        packed: bf16 vector.
+        packed: a vector of the weights' dtype.
         intermediate: I, the weights' rows.
         hidden: K, the weights' columns (x's last dimension).
     """
@@ -33,21 +33,29 @@ def pack_gate_up(gate_weight: torch.Tensor, up_weight: torch.Tensor) -> PackedGa
     """Packs a SwiGLU MLP's gate and up projection weights for :func:`swiglu_gemm`.
 
     Args:
-        gate_weight, up_weight: [I, K] bfloat16 (``nn.Linear`` weights: [out_features, in_features]).
+        gate_weight, up_weight: [I, K] float32 or bfloat16, one dtype (``nn.Linear`` weights:
+            [out_features, in_features]).
 
     Raises:
-        RuntimeError: the running CPU has no AVX512-BF16 (see :func:`swiglu_gemm_supported`).
+        RuntimeError: the running CPU cannot run the kernel in that dtype (fp32 needs AVX-512, bf16
+            AVX512-BF16; see :func:`swiglu_gemm_supported`).
     """
+    check_tensor("gate_weight", gate_weight)
+    if gate_weight.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"gate_weight must be float32 or bfloat16, got {gate_weight.dtype}")
+    check_tensor("up_weight", up_weight, gate_weight.dtype)
     for name, w in (("gate_weight", gate_weight), ("up_weight", up_weight)):
-        check_tensor(name, w, torch.bfloat16)
         if w.dim() != 2 or w.device.type != "cpu":
             raise ValueError(f"{name} must be a 2-D CPU tensor [I, K], got {list(w.shape)} on {w.device}")
     if gate_weight.shape != up_weight.shape:
         raise ValueError(
             f"up_weight must have gate_weight's shape {list(gate_weight.shape)}, got {list(up_weight.shape)}"
         )
-    if not swiglu_gemm_supported():
-        raise RuntimeError("the SwiGLU GEMM needs a CPU with AVX512-BF16 (and the C++ extension)")
+    if not swiglu_gemm_supported(gate_weight.dtype):
+        need = "AVX-512" if gate_weight.dtype == torch.float32 else "AVX512-BF16"
+        raise RuntimeError(
+            f"the SwiGLU GEMM in {gate_weight.dtype} needs a CPU with {need} (and the C++ extension)"
+        )
     gate, up = (w.detach().contiguous() for w in (gate_weight, up_weight))
     return PackedGateUp(pack_gate_up_cpu(gate, up), gate.shape[0], gate.shape[1])
 
@@ -56,14 +64,15 @@ def swiglu_gemm(x: torch.Tensor, weights: PackedGateUp) -> torch.Tensor:
     """SwiGLU's first half in one GEMM (inference): ``silu(x Wg^T) * (x Wu^T)``.
 
     Args:
-        x: [..., K] bfloat16 on the CPU.
+        x: [..., K] on the CPU, in the weights' dtype (float32 or bfloat16).
         weights: from :func:`pack_gate_up`.
 
     Returns:
-        [..., I] bfloat16: the products of bf16 values summed in fp32 (AVX512-BF16 dot products of pairs),
-        SiLU and the product in fp32, rounded once (:func:`swiglu_gemm_reference`; the sum order differs).
+        [..., I] in x's dtype: the sums in fp32 (bf16: AVX512-BF16 dot products of pairs, each product
+        exact), SiLU and the product in fp32, rounded once (:func:`swiglu_gemm_reference`; the sum order
+        differs).
     """
-    check_tensor("x", x, torch.bfloat16)
+    check_tensor("x", x, weights.packed.dtype)
     if x.dim() < 1 or x.shape[-1] != weights.hidden or x.device.type != "cpu":
         raise ValueError(f"x must be a CPU tensor [..., {weights.hidden}], got {list(x.shape)} on {x.device}")
     out = swiglu_gemm_cpu(as_rows(x), weights.packed, weights.intermediate, weights.hidden)
