@@ -14,8 +14,9 @@ fastprm method reads that calibration: ``fastprm`` takes the tuned plan, ``fastp
 (FASTPRM_TUNE_PIN) and keeps the rest, ``fastprm_untuned`` runs without calibration (FASTPRM_TUNE=off).
 
 The ceiling: the GEMM rate of the model's own linear shapes (its first layer's, at 512 and 2048 rows; the
-faster of torch's kernels and oneDNN's) over the linear FLOPs of a full forward per token, all layers at all
-tokens: the dense limit of a plain forward. Column ceiling_fraction is each method's tokens/s over it; fastprm
+faster of torch's kernels and oneDNN's; measured by the calibration and again before each round of methods,
+the best rate counting) over the linear FLOPs of a full forward per token, all layers at all tokens: the
+dense limit of a plain forward. Column ceiling_fraction is each method's tokens/s over it; fastprm
 can pass 1.0 because it skips work (the last layer off the step rows, shared prefixes). Every method scores the same rows with the
 same weights and dtype; recipe_* run stock transformers (the model card), backbone_* run the backbone as
 fastprm loads it (fastprm's attention and, in bf16 on CPUs without native bf16, its fp32-GEMM matmuls) with
@@ -164,6 +165,12 @@ def recipe_scores(model_dir: Path, dtype: torch.dtype, problems, solutions, batc
     return n_tokens, n_steps
 
 
+# The GEMM rate behind the ceiling is measured again before each round of methods (each time the best of
+# CEILING_REPEATS calibration-style measurements) and the best of those and the calibration's counts: one
+# few-second measurement moved 20% between runs (fp32 oneDNN 297 / 375 / 425 GFLOP/s on the Zen 5).
+CEILING_CHILD, CEILING_REPEATS = "gemm_rate", 3
+
+
 def run_method(method: str, model_dir: Path, dtype: torch.dtype, n_rows: int, batch_tokens: int) -> dict:
     # Only what older fastprm versions also have (fastprm_previous runs this function on them).
     from fastprm.models import PRM
@@ -218,6 +225,30 @@ def run_method(method: str, model_dir: Path, dtype: torch.dtype, n_rows: int, ba
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **setup,
     }
+
+
+def gemm_rate(model_dir: Path, dtype: torch.dtype) -> dict:
+    """The fastest GEMM rate of the model's first-layer linear shapes over the machine's GEMM routes, as the
+    calibration measures it (:func:`fastprm.tuning.calibration.gemm_seconds`), best of CEILING_REPEATS."""
+    from fastprm.models import PRM
+    from fastprm.models.gemm_routes import available_gemm_routes
+    from fastprm.tuning.calibration import GEMM_ROWS, gemm_seconds, linear_flops
+
+    prm = PRM.from_pretrained(model_dir, dtype=dtype)
+    flops = sum(linear_flops(prm, rows) for rows in GEMM_ROWS)
+    routes = available_gemm_routes(prm.device, prm.dtype)
+    seconds = min(min(gemm_seconds(prm, routes).values()) for _ in range(CEILING_REPEATS))
+    return {"gflops": flops / seconds / 1e9}
+
+
+def run_child(method: str, dtype: str, python: str, env: dict) -> dict:
+    """One method (or the GEMM rate) in its own process: its result, the last JSON line it printed."""
+    cmd = [python, __file__, *sys.argv[1:], "--child", method, dtype]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        sys.exit(f"{method} {dtype} failed:\n{proc.stderr[-4000:]}")
+    # The last JSON line: libraries may print other lines to stdout.
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def tokens_file(model_dir: Path, n_rows: int) -> Path:
@@ -417,6 +448,8 @@ def main() -> None:
                 tokens_file(model_dir, args.rows),
                 probs_file(model_dir, args.rows, method, dtype),
             )
+        elif method == CEILING_CHILD:
+            result = gemm_rate(model_dir, getattr(torch, dtype))
         else:
             result = run_method(method, model_dir, getattr(torch, dtype), args.rows, args.batch_tokens)
         print(json.dumps(result), flush=True)
@@ -442,12 +475,8 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         dtype_methods = [m for m in methods if not (m == "fastprm_fp32_gemms" and dtype != "bfloat16")]
         calibrations[dtype] = tune(model_dir, dtype)
-        ceiling = dense_ceiling(model_dir, calibrations[dtype])
-        print(
-            f"{dtype:>8} tuned plan: {calibrations[dtype]['plan']}; dense ceiling "
-            f"{ceiling['tokens_per_s']:.0f} tok/s ({ceiling['gflops']:.0f} GFLOP/s)",
-            flush=True,
-        )
+        gemm_rates = [max(e["gflops"] for e in calibrations[dtype]["table"] if e["phase"] == "gemm")]
+        print(f"{dtype:>8} tuned plan: {calibrations[dtype]['plan']}", flush=True)
         reference = None
         if any(m in VLLM_METHODS for m in dtype_methods):
             reference = prepare_vllm_inputs(
@@ -459,19 +488,13 @@ def main() -> None:
             )
         best: dict[str, dict] = {}
         for _ in range(args.repeats):
+            gemm_rates.append(run_child(CEILING_CHILD, dtype, sys.executable, os.environ)["gflops"])
             for method in dtype_methods:
                 vllm = method in VLLM_METHODS
                 python = args.vllm_python if vllm else sys.executable
                 if method == "fastprm_previous":
                     python = args.previous_python
-                cmd = [python, __file__, *sys.argv[1:], "--child", method, dtype]
-                env = vllm_env() if vllm else fastprm_env(method)
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if proc.returncode:
-                    sys.exit(f"{method} {dtype} failed:\n{proc.stderr[-4000:]}")
-                # The last JSON line: libraries may print other lines to stdout.
-                out = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
-                result = json.loads(out)
+                result = run_child(method, dtype, python, vllm_env() if vllm else fastprm_env(method))
                 if vllm:
                     probs = json.loads(probs_file(model_dir, args.rows, method, dtype).read_text())
                     diff = max(abs(a - b) for p, q in zip(probs, reference) for a, b in zip(p, q))
@@ -480,10 +503,17 @@ def main() -> None:
                         sys.exit(f"{method}: step probabilities differ from fastprm's by {diff:.3g} in fp32")
                 if method not in best or result["seconds"] < best[method]["seconds"]:
                     best[method] = result
+        ceiling = dense_ceiling(model_dir, max(gemm_rates))
+        print(
+            f"{dtype:>8} dense ceiling {ceiling['tokens_per_s']:.0f} tok/s at {ceiling['gflops']:.0f} GFLOP/s, the "
+            f"best of the calibration's and each round's GEMM rates ({', '.join(f'{g:.0f}' for g in gemm_rates)})",
+            flush=True,
+        )
         fast = best.get("fastprm")
         for method, r in best.items():
             row = {"shape": args.shape, "layers": args.layers, "dtype": dtype, "method": method, **r}
             row["ceiling_fraction"] = r["tokens_per_s"] / ceiling["tokens_per_s"]
+            row["ceiling_gflops"] = ceiling["gflops"]
             if fast:
                 row["fastprm_speedup"] = r["seconds"] / fast["seconds"]
             rows.append(row)
@@ -546,8 +576,8 @@ def tune(model_dir: Path, dtype: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def dense_ceiling(model_dir: Path, calibration: dict) -> dict:
-    """Tokens/s of a plain forward at the fastest GEMM rate the calibration measured on the model's own linear
+def dense_ceiling(model_dir: Path, gflops: float) -> dict:
+    """Tokens/s of a plain forward at ``gflops``, the fastest GEMM rate measured on the model's own linear
     shapes: the linear FLOPs of every layer at every token (attention's and the head's not counted)."""
     config = json.loads((model_dir / "config.json").read_text())
     hidden, inter = config["hidden_size"], config["intermediate_size"]
@@ -555,7 +585,6 @@ def dense_ceiling(model_dir: Path, calibration: dict) -> dict:
     q = config["num_attention_heads"] * head_dim
     kv = config["num_key_value_heads"] * head_dim
     per_layer = 2 * (hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * inter)
-    gflops = max(e["gflops"] for e in calibration["table"] if e["phase"] == "gemm")
     flops_per_token = per_layer * config["num_hidden_layers"]
     return {
         "gflops": gflops,

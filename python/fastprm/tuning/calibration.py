@@ -181,7 +181,7 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
     with bar:
         gemm = gemm_seconds(prm, routes, bar.update)
         route = min(gemm, key=gemm.get)
-        flops = sum(_linear_flops(prm, rows) for rows in GEMM_ROWS)
+        flops = sum(linear_flops(prm, rows) for rows in GEMM_ROWS)
         for name, seconds in gemm.items():
             table.append(
                 {"phase": "gemm", "gemm_route": name, "seconds": seconds, "gflops": flops / seconds / 1e9}
@@ -281,7 +281,8 @@ def _linear_layers(prm) -> list[nn.Linear]:
     return routed_linears(scope)
 
 
-def _linear_flops(prm, rows: int) -> int:
+def linear_flops(prm, rows: int) -> int:
+    """FLOPs of :func:`gemm_seconds`'s linear layers over ``rows`` input rows."""
     return sum(2 * rows * layer.in_features * layer.out_features for layer in _linear_layers(prm))
 
 
