@@ -5,8 +5,8 @@
 
 Scores real ProcessBench rows (as bench_score does) with the fused decoder layers under the oneDNN GEMM route
 and wall-clock timers around each part of a fused layer: RMSNorm, the QKV GEMM, rotary, attention, the
-gate/up GEMMs with their SwiGLU post-ops, o_proj and down_proj; "other" is the rest of the call (Python,
-batching, the head). The machine is synchronous on CPU, so the timers add up to the call. The fastest of
+gate/up GEMMs with the SwiGLU (fastprm's SwiGLU GEMM where it runs, else oneDNN's post-ops), o_proj and
+down_proj; "other" is the rest of the call (Python, batching, the head). The machine is synchronous on CPU, so the timers add up to the call. The fastest of
 --repeats calls counts. GEMM rates are the parts' linear FLOPs over their seconds: compare them with the
 dense ceiling bench_score measures (the same shapes alone).
 """
@@ -62,7 +62,7 @@ def instrument(timers: Timers) -> None:
         fused_layers, "_linear", "qkv GEMM", lambda a, out: 2 * a[0].shape[0] * a[0].shape[1] * out.shape[1]
     )
     timers.wrap(
-        fused_layers._Merged, "swiglu", "gate/up GEMMs + SwiGLU post-ops",
+        fused_layers._Merged, "swiglu", "gate/up GEMMs + SwiGLU",
         lambda a, out: 4 * a[1].shape[0] * a[1].shape[1] * out.shape[1],
     )  # fmt: skip
     timers.wrap(
