@@ -114,6 +114,10 @@ def test_bad_arguments_name_the_argument():
         pack_gate_up(gate, up.float())
     with pytest.raises(TypeError, match="gate_weight"):
         pack_gate_up(gate.half(), up.half())
+    with pytest.raises(RuntimeError, match="inference-only"):
+        swiglu_gemm(_rand(3, 8).requires_grad_(), packed)
+    with torch.no_grad():
+        assert swiglu_gemm(_rand(3, 8).requires_grad_(), packed).shape == (3, 16)
     with pytest.raises(ValueError, match=r"x must be a CPU tensor \[\.\.\., 8\]"):
         swiglu_gemm(_rand(3, 9), packed)
     with pytest.raises(ValueError, match="up_weight"):

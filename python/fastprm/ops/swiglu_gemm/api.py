@@ -71,8 +71,15 @@ def swiglu_gemm(x: torch.Tensor, weights: PackedGateUp) -> torch.Tensor:
         [..., I] in x's dtype: the sums in fp32 (bf16: AVX512-BF16 dot products of pairs, each product
         exact), SiLU and the product in fp32, rounded once (:func:`swiglu_gemm_reference`; the sum order
         differs).
+
+    Raises:
+        RuntimeError: x needs a gradient (the kernel has no backward: use :func:`swiglu_gemm_reference`).
     """
     check_tensor("x", x, weights.packed.dtype)
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise RuntimeError(
+            "swiglu_gemm is inference-only (no backward); under autograd use swiglu_gemm_reference"
+        )
     if x.dim() < 1 or x.shape[-1] != weights.hidden or x.device.type != "cpu":
         raise ValueError(f"x must be a CPU tensor [..., {weights.hidden}], got {list(x.shape)} on {x.device}")
     out = swiglu_gemm_cpu(as_rows(x), weights.packed, weights.intermediate, weights.hidden)
