@@ -232,10 +232,10 @@ def gemm_rate(model_dir: Path, dtype: torch.dtype) -> dict:
     calibration measures it (:func:`fastprm.tuning.calibration.gemm_seconds`), best of CEILING_REPEATS."""
     from fastprm.models import PRM
     from fastprm.models.gemm_routes import available_gemm_routes
-    from fastprm.tuning.calibration import GEMM_ROWS, gemm_seconds, linear_flops
+    from fastprm.tuning.calibration import gemm_flops, gemm_seconds
 
     prm = PRM.from_pretrained(model_dir, dtype=dtype)
-    flops = sum(linear_flops(prm, rows) for rows in GEMM_ROWS)
+    flops = gemm_flops(prm)
     routes = available_gemm_routes(prm.device, prm.dtype)
     seconds = min(min(gemm_seconds(prm, routes).values()) for _ in range(CEILING_REPEATS))
     return {"gflops": flops / seconds / 1e9}

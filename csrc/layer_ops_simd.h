@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "layer_ops.h"
+#include "simd_math.h"
 
 namespace fastprm {
 namespace simd {
@@ -106,11 +107,10 @@ struct LayerKernels {
     const T* g = row(a.gate_up, r);
     const T* u = g + I;
     T* out = static_cast<T*>(a.out) + r * I;
-    const Reg minus_log2e = V::set1(-1.4426950408889634f), one = V::set1(1.f);
     int64_t i = 0;
     for (; i + W <= I; i += W) {
       const Reg gv = R::load(g + i);
-      const Reg silu = round(V::div(gv, V::add(one, V::exp2(V::mul(gv, minus_log2e)))));
+      const Reg silu = round(simd::silu<V>(gv));
       R::store(out + i, V::mul(silu, R::load(u + i)));
     }
     for (; i < I; ++i) {

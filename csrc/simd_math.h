@@ -17,5 +17,11 @@ typename V::Reg exp2_fraction(typename V::Reg f) {
   return V::fmadd(p, f, V::set1(1.f));
 }
 
+// silu(g) = g / (1 + e^-g), e^-g as the ISA's 2^(-g log2 e): SwiGLU's activation in the layer-op and GEMM kernels.
+template <class V>
+typename V::Reg silu(typename V::Reg g) {
+  return V::div(g, V::add(V::set1(1.f), V::exp2(V::mul(g, V::set1(-1.4426950408889634f)))));
+}
+
 }  // namespace simd
 }  // namespace fastprm

@@ -39,12 +39,8 @@ struct PairDotBf16 {
   static Operand last_input(const T* row, int64_t K) { return (__m512bh)_mm512_set1_epi32(row[K - 1]); }
   static __m512 madd(__m512 acc, Operand x, Operand w) { return _mm512_dpbf16_ps(acc, x, w); }
   static void store(T* out, __m512 v, int lanes) {
-    const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
-    if (lanes == kBlock) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), h);
-    } else {
-      _mm256_mask_storeu_epi16(out, static_cast<__mmask16>((1u << lanes) - 1), h);
-    }
+    if (lanes == kBlock) return BF16Native::store(out, v);
+    _mm256_mask_storeu_epi16(out, static_cast<__mmask16>((1u << lanes) - 1), (__m256i)_mm512_cvtneps_pbh(v));
   }
 };
 
@@ -61,12 +57,6 @@ struct FmaF32 {
     _mm512_mask_storeu_ps(out, static_cast<__mmask16>((1u << lanes) - 1), v);
   }
 };
-
-// silu(g) * u, with silu(g) = g / (1 + 2^(-g log2 e)).
-inline __m512 swiglu(__m512 g, __m512 u) {
-  const __m512 e = Vec16::exp2(_mm512_mul_ps(g, _mm512_set1_ps(-1.4426950408889634f)));
-  return _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), e)), u);
-}
 
 template <class F>
 struct Kernel {
@@ -104,7 +94,8 @@ struct Kernel {
     if (whole < steps) step(whole, [&](int r) { return F::last_input(rows[r], K); });
     for (int r = 0; r < R; ++r)
       for (int b = 0; b < NB; ++b)
-        F::store(out + r * a.intermediate + b * kBlock, swiglu(gate[r][b], up[r][b]), b == NB - 1 ? lanes : kBlock);
+        F::store(out + r * a.intermediate + b * kBlock, _mm512_mul_ps(simd::silu<Vec16>(gate[r][b]), up[r][b]),
+                 b == NB - 1 ? lanes : kBlock);
   }
 
   template <int NB>

@@ -181,7 +181,7 @@ def calibrate(prm, include_compile: bool = False, progress: bool = True, save: b
     with bar:
         gemm = gemm_seconds(prm, routes, bar.update)
         route = min(gemm, key=gemm.get)
-        flops = sum(linear_flops(prm, rows) for rows in GEMM_ROWS)
+        flops = gemm_flops(prm)
         for name, seconds in gemm.items():
             table.append(
                 {"phase": "gemm", "gemm_route": name, "seconds": seconds, "gflops": flops / seconds / 1e9}
@@ -281,9 +281,13 @@ def _linear_layers(prm) -> list[nn.Linear]:
     return routed_linears(scope)
 
 
-def linear_flops(prm, rows: int) -> int:
-    """FLOPs of :func:`gemm_seconds`'s linear layers over ``rows`` input rows."""
-    return sum(2 * rows * layer.in_features * layer.out_features for layer in _linear_layers(prm))
+def gemm_flops(prm) -> int:
+    """FLOPs of one :func:`gemm_seconds` pass: its linear layers over each of :data:`GEMM_ROWS` input rows."""
+    return sum(
+        2 * rows * layer.in_features * layer.out_features
+        for rows in GEMM_ROWS
+        for layer in _linear_layers(prm)
+    )
 
 
 def _measure_layouts(
