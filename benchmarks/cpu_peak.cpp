@@ -45,27 +45,27 @@ void report(const char* instruction, const char* test, double gflops) {
 // Generates the tile measurement of one instruction. VEC: the vector type; LANES: its fp32
 // lanes; FLOPS: FLOPs per lane per instruction; MADD(acc, a, b); ZERO(); LOADW(p); BCAST(p) broadcasts the
 // step input at p; SUM(v) to a float; ROWS x VECS: the tile.
-#define PEAK_FUNCTION(NAME, LABEL, VEC, LANES, FLOPS, MADD, ZERO, LOADW, BCAST, SUM, ROWS, VECS)        \
-  void NAME() {                                                                \
-    const long tile_calls = kWork / (long(ROWS) * VECS * LANES * kSteps);                                        \
-    report(LABEL, "gemm tile in L1", best_gflops(double(ROWS) * VECS * LANES * FLOPS * kSteps, tile_calls, [] { \
-             __asm__ volatile("" ::: "memory"); /* each call loads its operands again */                         \
-             VEC acc[ROWS][VECS];                                                                                \
-             for (auto& row : acc)                                                                               \
-               for (auto& a : row) a = ZERO();                                                                   \
-             for (int s = 0; s < kSteps; ++s) {                                                                  \
-               VEC w[VECS];                                                                                      \
-               for (int v = 0; v < VECS; ++v) w[v] = LOADW(g_weights + (s * VECS + v) * LANES);                  \
-               _Pragma("GCC unroll 6") for (int r = 0; r < ROWS; ++r) {                                          \
-                 const VEC x = BCAST(g_inputs + r * kSteps + s);                                                 \
-                 for (int v = 0; v < VECS; ++v) acc[r][v] = MADD(acc[r][v], x, w[v]);                            \
-               }                                                                                                 \
-             }                                                                                                   \
-             float s = 0;                                                                                        \
-             for (auto& row : acc)                                                                               \
-               for (auto& a : row) s += SUM(a);                                                                  \
-             return s;                                                                                           \
-           }));                                                                                                  \
+#define PEAK_FUNCTION(NAME, LABEL, VEC, LANES, FLOPS, MADD, ZERO, LOADW, BCAST, SUM, ROWS, VECS)                       \
+  void NAME() {                                                                                                        \
+    const long tile_calls = kWork / (long(ROWS) * VECS * LANES * kSteps);                                              \
+    report(LABEL, "gemm tile in L1", best_gflops(double(ROWS) * VECS * LANES * FLOPS * kSteps, tile_calls, [] {        \
+             __asm__ volatile("" ::: "memory"); /* each call loads its operands again */                               \
+             VEC acc[ROWS][VECS];                                                                                      \
+             for (auto& row : acc)                                                                                     \
+               for (auto& a : row) a = ZERO();                                                                         \
+             for (int s = 0; s < kSteps; ++s) {                                                                        \
+               VEC w[VECS];                                                                                            \
+               for (int v = 0; v < VECS; ++v) w[v] = LOADW(g_weights + (s * VECS + v) * LANES);                        \
+               _Pragma("GCC unroll 6") for (int r = 0; r < ROWS; ++r) {                                                \
+                 const VEC x = BCAST(g_inputs + r * kSteps + s);                                                       \
+                 for (int v = 0; v < VECS; ++v) acc[r][v] = MADD(acc[r][v], x, w[v]);                                  \
+               }                                                                                                       \
+             }                                                                                                         \
+             float s = 0;                                                                                              \
+             for (auto& row : acc)                                                                                     \
+               for (auto& a : row) s += SUM(a);                                                                        \
+             return s;                                                                                                 \
+           }));                                                                                                        \
   }
 
 #if defined(PEAK_AVX2)
