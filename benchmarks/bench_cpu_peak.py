@@ -4,8 +4,8 @@ bench_score reports each method as a fraction of a ceiling: the GEMM rate of the
 This benchmark says how close that rate is to what the CPU's multiply-add instructions can do at all: it
 builds ``cpu_peak.cpp`` once per instruction set the CPU has (AVX2 FMA, AVX-512 FMA, AVX512-BF16 dot
 products) with the C++ compiler that builds fastprm's extension (``CXX``, else ``c++``), and runs each on
-torch's thread count: the instruction's throughput with operands in registers, and a GEMM register tile
-(6 rows x 4 vectors, as fastprm's and oneDNN's kernels use) over operands in L1. Results go to
+torch's thread count: a GEMM register tile (6 rows x 4 vectors, as fastprm's and oneDNN's kernels use) over
+operands held in L1, the most a GEMM built on that instruction can run. Results go to
 ``benchmarks/results/bench_cpu_peak_<cpu model>.md`` / ``.json``.
 
     python benchmarks/bench_cpu_peak.py
@@ -37,7 +37,7 @@ BUILDS = (
 
 
 def measure(threads: int) -> list[dict]:
-    """One row per (instruction, test) the running CPU has: GFLOP/s on ``threads`` threads and per thread."""
+    """One row per instruction the running CPU has: its tile's GFLOP/s on ``threads`` threads and per thread."""
     flags = set(cpu_description()[1])
     compiler = os.environ.get("CXX", "c++")
     rows = []
